@@ -1,0 +1,3 @@
+"""dpo-lightning: Direct Preference Optimization with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

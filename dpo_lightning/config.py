@@ -1,0 +1,71 @@
+"""Config checks that run before any model loads: each failure is one `ConfigError` line naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_lightning.data.tokenize import TRUNCATION_MODES
+from dpo_lightning.errors import ConfigError
+from dpo_lightning.models import DTYPES
+
+# Keys of a task config that configure tokenization and row checks; the rest are its source's arguments.
+TASK_DATA_KEYS: tuple[str, ...] = ("name", "max_length", "max_prompt_length", "truncation_mode", "skip_bad_rows")
+
+
+def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
+    """Reject `group=option` command-line overrides that name no `conf/<group>/<option>.yaml`, listing the
+    allowed options (Hydra's own message spans several lines and a stack trace hint)."""
+    parser = OverridesParser.create()
+    for argument in overrides:
+        try:
+            (override,) = parser.parse_overrides([argument])
+        except OverrideParseException:  # not an override (e.g. `--cfg job`): Hydra will judge it
+            continue
+        group_dir = conf_dir / override.key_or_group
+        if override.is_delete() or not group_dir.is_dir() or override.value() is None:
+            continue
+        if override.is_sweep_override():
+            choices = list(override.sweep_string_iterator())
+        else:
+            choices = [override.get_value_element_as_str()]
+        allowed = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        for choice in choices:
+            if choice not in allowed:
+                raise ConfigError(override.key_or_group, f"unknown option {choice!r}; choose one of: {', '.join(allowed)}")
+
+
+def _require(condition: bool, key: str, problem: str) -> None:
+    if not condition:
+        raise ConfigError(key, problem)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every check that needs no model, data or network."""
+    missing = OmegaConf.missing_keys(cfg)
+    _require(not missing, sorted(missing)[0] if missing else "", "required but not set (give it on the command line)")
+
+    _require(cfg.beta > 0, "beta", f"must be > 0, got {cfg.beta}")
+    task = cfg.task
+    _require(task.max_length >= 2, "task.max_length", f"must be ≥ 2, got {task.max_length}")
+    _require(
+        1 <= task.max_prompt_length < task.max_length,
+        "task.max_prompt_length",
+        f"must be in [1, task.max_length={task.max_length}), got {task.max_prompt_length}",
+    )
+    _require(
+        task.truncation_mode in TRUNCATION_MODES,
+        "task.truncation_mode",
+        f"must be one of {', '.join(TRUNCATION_MODES)}, got {task.truncation_mode!r}",
+    )
+    _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be ≥ 1, got {cfg.data.batch_size}")
+    _require(cfg.data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {cfg.data.eval_batch_size}")
+    _require(
+        cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}"
+    )
+    _require(cfg.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", f"must be ≥ 0, got {cfg.optimizer.warmup_steps}")
+    _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")

@@ -1,0 +1,18 @@
+"""The two kinds of user-facing failure: a bad config and bad data. Both print as one line."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before any model loads.
+
+    Prints as `<key>: <problem>`, e.g. `beta: must be > 0, got -1.0`.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used, named by origin (file/dataset and split), row and field."""

@@ -1,0 +1,78 @@
+"""Batch × causal LM → per-sequence summed response log-probs, in fp32, for any batch layout.
+
+    hidden  = decoder(input_ids, attention_mask, position_ids)       [R, T, H]   model dtype
+    h       = hidden[target_rows, target_positions]                  [N, H]      response positions only
+    logits  = lm_head(h[chunk])                                      [C, V]      one chunk at a time
+    logp    = logits.float().gather(target) − logits.float().logsumexp()   [C]  fp32
+    sums    = zeros(S).index_add(target_seqs, logp)                  [S]         S = 2P sequences
+
+The LM head runs only where a response token is predicted (never on prompt or padding positions), and the
+fp32 log-softmax is taken chunk by chunk, so at most one fp32 copy of the response logits exists (autograd
+keeps each chunk's fp32 logits for backward) and never a full `[batch, seq, vocab]` one.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from dpo_lightning.data.collate import Batch
+
+# Config attributes of models whose logits are not just `lm_head(hidden)` (scaling or soft-capping in the
+# CausalLM forward); computing log-probs from the head alone would be wrong for them.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def check_supported(model: PreTrainedModel) -> None:
+    """Raise if `sequence_logprobs` cannot reproduce this model's logits from decoder + head."""
+    for attribute in _LOGIT_POSTPROCESSING:
+        if getattr(model.config, attribute, None) not in (None, 1.0):
+            raise NotImplementedError(
+                f"{type(model).__name__} post-processes its logits ({attribute}); not supported yet"
+            )
+
+
+def sequence_logprobs(
+    model: PreTrainedModel, batch: Batch, chunk_size: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the batch's 2P response sequences.
+
+    Args:
+        model: a Hugging Face causal LM (decoder reachable with `get_decoder()`, head with
+            `get_output_embeddings()`).
+        batch: any layout produced by `dpo_lightning.data.collate`.
+        chunk_size: response tokens per LM-head chunk; bounds the fp32 logits alive at once to
+            `chunk_size × vocab`.
+
+    Returns:
+        logps: [2P] fp32 sums of log p(token | prefix) over each sequence's response tokens.
+        num_tokens: [2P] number of response tokens in each sequence.
+    """
+    num_sequences = 2 * batch.num_pairs
+    hidden = (
+        model.get_decoder()(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+        .last_hidden_state  # [R, T, H]
+    )
+    response_hidden = hidden[batch.target_rows, batch.target_positions]  # [N, H]
+    head = model.get_output_embeddings()
+    token_logps = torch.cat(
+        [
+            _token_logps(head, response_hidden[start : start + chunk_size], batch.target_ids[start : start + chunk_size])
+            for start in range(0, response_hidden.shape[0], chunk_size)
+        ]
+    )  # [N] fp32
+    logps = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
+    logps = logps.index_add(0, batch.target_seqs, token_logps)  # [2P]
+    num_tokens = torch.bincount(batch.target_seqs, minlength=num_sequences)  # [2P]
+    return logps, num_tokens
+
+
+def _token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) for C positions: hidden [C, H], targets [C] → [C] fp32."""
+    logits = head(hidden).float()  # [C, V] fp32
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)

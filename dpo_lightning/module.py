@@ -1,0 +1,107 @@
+"""DPOLitModule: the trainable policy, the frozen reference and one objective, orchestrated by Lightning.
+
+    batch ──► sequence_logprobs(policy)  [2P] ──┐
+         └──► reference.logprobs (no_grad) [2P] ─┴─► objective(PairLogps, PairLogps) ─► losses, rewards
+
+Chosen and rejected sequences go through the policy in one forward (the batch holds both).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+
+from dpo_lightning.data.collate import Batch
+from dpo_lightning.logprobs import check_supported, sequence_logprobs
+from dpo_lightning.losses.base import Objective, PairLogps
+from dpo_lightning.metrics import preference_metrics
+from dpo_lightning.models import build_model
+from dpo_lightning.reference import FrozenReference
+
+REFERENCE_PREFIX = "reference."  # state-dict keys of the frozen reference, kept out of checkpoints
+
+
+def split_pairs(logps: torch.Tensor, num_tokens: torch.Tensor, num_pairs: int) -> PairLogps:
+    """[2P] per-sequence values (chosen first, then rejected) → PairLogps."""
+    return PairLogps(logps[:num_pairs], logps[num_pairs:], num_tokens[:num_pairs], num_tokens[num_pairs:])
+
+
+class DPOLitModule(L.LightningModule):
+    """Trains `policy` on preference pairs with a configurable objective.
+
+    Args (plain config values, saved as hyperparameters):
+        model: the `model/` config (see `dpo_lightning.models.build_model`).
+        loss: the `loss/` config, instantiated into an `Objective`.
+        optimizer: the `optimizer/` config: a `_target_` optimizer class and its arguments, plus
+            `warmup_steps` for the linear learning-rate warm-up.
+    """
+
+    def __init__(self, model: Mapping[str, Any], loss: Mapping[str, Any], optimizer: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.objective: Objective = instantiate(loss)
+        self.policy: torch.nn.Module | None = None
+        self.reference: FrozenReference | None = None
+
+    def configure_model(self) -> None:
+        """Build the policy (and a frozen copy as reference, if the objective needs one) once."""
+        if self.policy is not None:
+            return
+        self.policy = build_model(self.hparams.model)
+        check_supported(self.policy)
+        if self.objective.needs_reference:
+            self.reference = FrozenReference(copy.deepcopy(self.policy))
+
+    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
+        policy = split_pairs(*sequence_logprobs(self.policy, batch), batch.num_pairs)
+        reference = None
+        if self.reference is not None:
+            reference = split_pairs(*self.reference.logprobs(batch), batch.num_pairs)
+        output = self.objective(policy, reference)
+        metrics = preference_metrics(output, policy)
+        training = stage == "train"
+        self.log_dict(
+            {f"{stage}/{name}": value for name, value in metrics.items()},
+            on_step=training,
+            on_epoch=not training,
+            prog_bar=False,
+            sync_dist=not training,
+            batch_size=batch.num_pairs,
+        )
+        return output.losses.mean()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self) -> dict:
+        """The configured optimizer over trainable policy parameters only, with linear warm-up
+        `lr · min(1, (step + 1) / (warmup_steps + 1))` as in the reference implementation."""
+        options = dict(self.hparams.optimizer)
+        warmup_steps = options.pop("warmup_steps")
+        parameters = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = instantiate(options, params=parameters)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the frozen reference out of checkpoints: it is rebuilt from its source on load."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the rebuilt reference's weights back so that strict loading still checks the policy."""
+        if self.reference is not None:
+            checkpoint["state_dict"].update(
+                {REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()}
+            )

@@ -1,0 +1,88 @@
+"""One training run: validate → build data, module, trainer → fit → final validation → export → summary.
+
+    conf ──► validate_config ──► source ─► PreferenceDataModule ─► DPOLitModule ─► Trainer.fit
+                                                                                  └─► policy/, summary.json
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_lightning.callbacks import Throughput
+from dpo_lightning.config import TASK_DATA_KEYS, validate_config
+from dpo_lightning.data.datamodule import PreferenceDataModule
+from dpo_lightning.export import RunSummary, export_policy
+from dpo_lightning.models import load_tokenizer
+from dpo_lightning.module import DPOLitModule
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def build_datamodule(cfg: DictConfig, tokenizer) -> PreferenceDataModule:
+    """The task's source (its config minus the tokenization keys) wrapped in a PreferenceDataModule."""
+    task = _plain(cfg.task)
+    source = instantiate({k: v for k, v in task.items() if k not in TASK_DATA_KEYS})
+    return PreferenceDataModule(
+        source,
+        tokenizer,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        max_length=task["max_length"],
+        max_prompt_length=task["max_prompt_length"],
+        truncation_mode=task["truncation_mode"],
+        skip_bad_rows=task["skip_bad_rows"],
+    )
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, throughput: Throughput) -> L.Trainer:
+    checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", **_plain(cfg.checkpoint))
+    loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
+    return instantiate(
+        cfg.trainer, default_root_dir=str(output_dir), logger=loggers, callbacks=[checkpoint, throughput]
+    )
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Train as configured; write `summary.json` (always) and `policy/` (on success) into `output_dir`."""
+    started = time.perf_counter()
+    summary = RunSummary(output_dir, _plain(cfg))
+    trainer: L.Trainer | None = None
+    try:
+        validate_config(cfg)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        tokenizer = load_tokenizer(cfg.model)
+        datamodule = build_datamodule(cfg, tokenizer)
+        module = DPOLitModule(model=_plain(cfg.model), loss=_plain(cfg.loss), optimizer=_plain(cfg.optimizer))
+        throughput = Throughput()
+        trainer = build_trainer(cfg, output_dir, throughput)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(_plain(cfg))
+        trainer.fit(module, datamodule=datamodule)
+        train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
+        summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report)
+        if trainer.is_global_zero:
+            summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy")))
+    except BaseException as error:
+        summary.fail(error)
+        raise
+    finally:
+        summary.update(
+            wall_time_s=round(time.perf_counter() - started, 3),
+            global_step=trainer.global_step if trainer is not None else 0,
+        )
+        if rank_zero_only.rank == 0:
+            summary.write()
+    return summary.content

@@ -1,0 +1,112 @@
+"""DPOLitModule: what trains, what stays frozen, what goes into checkpoints."""
+
+import lightning as L
+import torch
+from conftest import PAD, random_pairs
+from torch.utils.data import DataLoader
+
+from dpo_lightning.data.collate import collate_padded
+from dpo_lightning.module import REFERENCE_PREFIX, DPOLitModule
+
+MODEL = {
+    "name": "test",
+    "name_or_path": None,
+    "architecture": "llama",
+    "config": {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 4, "eos_token_id": 1, "pad_token_id": 2},
+    "init_seed": 0,
+    "dtype": "float32",
+    "attn_implementation": "sdpa",
+    "trust_remote_code": False,
+}
+DPO = {"_target_": "dpo_lightning.losses.DPO", "beta": 0.1}
+ADAMW = {"_target_": "torch.optim.AdamW", "lr": 1e-2, "warmup_steps": 2}
+
+
+def _module(loss=DPO) -> DPOLitModule:
+    module = DPOLitModule(model=MODEL, loss=loss, optimizer=ADAMW)
+    module.configure_model()
+    return module
+
+
+def _loader(count=16, batch_size=4):
+    return DataLoader(random_pairs(count), batch_size=batch_size, collate_fn=lambda pairs: collate_padded(pairs, PAD))
+
+
+def _fit(module, tmp_path, steps=4):
+    trainer = L.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=_loader())
+    return trainer
+
+
+def test_reference_starts_equal_to_policy_and_is_frozen():
+    module = _module()
+    policy, reference = module.policy.state_dict(), module.reference.model.state_dict()
+    assert all(torch.equal(policy[k], reference[k]) for k in policy)
+    assert not any(p.requires_grad for p in module.reference.parameters())
+    module.train()
+    assert not module.reference.training and not module.reference.model.training
+
+
+def test_gradients_reach_only_the_policy():
+    module = _module()
+    batch = collate_padded(random_pairs(4), PAD)
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.policy.parameters())
+    assert all(p.grad is None for p in module.reference.parameters())
+
+
+def test_optimizer_holds_only_policy_parameters():
+    module = _module()
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.policy.parameters()}
+    assert not optimized & {id(p) for p in module.reference.parameters()}
+
+
+def test_training_changes_policy_and_leaves_reference_bit_identical(tmp_path):
+    module = _module()
+    before = {k: v.clone() for k, v in module.reference.model.state_dict().items()}
+    policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    _fit(module, tmp_path)
+    after = module.reference.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(policy_before[k], v) for k, v in module.policy.state_dict().items())
+
+
+def test_checkpoint_leaves_out_the_reference_and_loads_back(tmp_path):
+    module = _module()
+    trainer = _fit(module, tmp_path, steps=2)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert saved and not any(k.startswith(REFERENCE_PREFIX) for k in saved)
+    assert any(k.startswith("policy.") for k in saved)
+
+    restored = _module()
+    restored.on_load_checkpoint({"state_dict": saved})
+    restored.load_state_dict(saved, strict=True)
+    for key, value in module.policy.state_dict().items():
+        assert torch.equal(restored.policy.state_dict()[key], value)
+
+
+def test_sft_builds_no_reference():
+    module = _module({"_target_": "dpo_lightning.losses.SFT"})
+    assert module.reference is None
+    loss = module.training_step(collate_padded(random_pairs(2), PAD), 0)
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_warmup_schedule_matches_reference_implementation():
+    module = _module()
+    schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(4):
+        rates.append(schedule.get_last_lr()[0])
+        schedule.optimizer.step()
+        schedule.step()
+    assert rates == [1e-2 * min(1.0, (step + 1) / 3) for step in range(4)]
