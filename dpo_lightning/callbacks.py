@@ -21,7 +21,9 @@ class Throughput(L.Callback):
         self._start = 0.0
         self.steps: list[tuple[int, int, float]] = []  # (pairs, tokens, seconds) per step on this device
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Batch, batch_idx: int
+    ) -> None:
         self._start = time.perf_counter()
 
     def on_train_batch_end(

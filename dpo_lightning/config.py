@@ -11,10 +11,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.data.tokenize import TRUNCATION_MODES
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.models import DTYPES
 
 # Keys of a task config that configure tokenization and row checks; the rest are its source's arguments.
-TASK_DATA_KEYS: tuple[str, ...] = ("name", "max_length", "max_prompt_length", "truncation_mode", "skip_bad_rows")
+TASK_DATA_KEYS: tuple[str, ...] = (
+    "name",
+    "max_length",
+    "max_prompt_length",
+    "truncation_mode",
+    "skip_bad_rows",
+)
+# Parameter dtypes a model config may ask for (names of torch dtypes).
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
@@ -36,7 +43,9 @@ def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
         allowed = sorted(p.stem for p in group_dir.glob("*.yaml"))
         for choice in choices:
             if choice not in allowed:
-                raise ConfigError(override.key_or_group, f"unknown option {choice!r}; choose one of: {', '.join(allowed)}")
+                raise ConfigError(
+                    override.key_or_group, f"unknown option {choice!r}; choose one of: {', '.join(allowed)}"
+                )
 
 
 def _require(condition: bool, key: str, problem: str) -> None:
@@ -47,7 +56,11 @@ def _require(condition: bool, key: str, problem: str) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Every check that needs no model, data or network."""
     missing = OmegaConf.missing_keys(cfg)
-    _require(not missing, sorted(missing)[0] if missing else "", "required but not set (give it on the command line)")
+    _require(
+        not missing,
+        sorted(missing)[0] if missing else "",
+        "required but not set (give it on the command line)",
+    )
 
     _require(cfg.beta > 0, "beta", f"must be > 0, got {cfg.beta}")
     task = cfg.task
@@ -63,9 +76,17 @@ def validate_config(cfg: DictConfig) -> None:
         f"must be one of {', '.join(TRUNCATION_MODES)}, got {task.truncation_mode!r}",
     )
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be ≥ 1, got {cfg.data.batch_size}")
-    _require(cfg.data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {cfg.data.eval_batch_size}")
     _require(
-        cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}"
+        cfg.data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {cfg.data.eval_batch_size}"
     )
-    _require(cfg.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", f"must be ≥ 0, got {cfg.optimizer.warmup_steps}")
+    _require(
+        cfg.model.dtype in DTYPE_NAMES,
+        "model.dtype",
+        f"must be one of {', '.join(DTYPE_NAMES)}, got {cfg.model.dtype!r}",
+    )
+    _require(
+        cfg.optimizer.warmup_steps >= 0,
+        "optimizer.warmup_steps",
+        f"must be ≥ 0, got {cfg.optimizer.warmup_steps}",
+    )
     _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")

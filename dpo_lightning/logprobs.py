@@ -55,14 +55,17 @@ def sequence_logprobs(
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
-        )
-        .last_hidden_state  # [R, T, H]
+        ).last_hidden_state  # [R, T, H]
     )
     response_hidden = hidden[batch.target_rows, batch.target_positions]  # [N, H]
     head = model.get_output_embeddings()
     token_logps = torch.cat(
         [
-            _token_logps(head, response_hidden[start : start + chunk_size], batch.target_ids[start : start + chunk_size])
+            _token_logps(
+                head,
+                response_hidden[start : start + chunk_size],
+                batch.target_ids[start : start + chunk_size],
+            )
             for start in range(0, response_hidden.shape[0], chunk_size)
         ]
     )  # [N] fp32

@@ -41,7 +41,9 @@ class DPOLitModule(L.LightningModule):
             `warmup_steps` for the linear learning-rate warm-up.
     """
 
-    def __init__(self, model: Mapping[str, Any], loss: Mapping[str, Any], optimizer: Mapping[str, Any]) -> None:
+    def __init__(
+        self, model: Mapping[str, Any], loss: Mapping[str, Any], optimizer: Mapping[str, Any]
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.objective: Objective = instantiate(loss)

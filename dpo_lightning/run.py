@@ -1,7 +1,7 @@
 """One training run: validate → build data, module, trainer → fit → final validation → export → summary.
 
-    conf ──► validate_config ──► source ─► PreferenceDataModule ─► DPOLitModule ─► Trainer.fit
-                                                                                  └─► policy/, summary.json
+conf ──► validate_config ──► source ─► PreferenceDataModule ─► DPOLitModule ─► Trainer.fit
+                                                                              └─► policy/, summary.json
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule)
         train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
+        summary.add_metrics(
+            train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size)
+        )
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report)
         if trainer.is_global_zero:
             summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy")))

@@ -16,7 +16,13 @@ PAD = 2
 
 # The smallest config of each architecture the paper (and its successors) trained.
 ARCHITECTURES = {
-    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "llama": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128),
     "gptj": dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=8, n_positions=128),
     "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
@@ -25,7 +31,11 @@ ARCHITECTURES = {
 
 def tiny_causal_lm(architecture: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32):
     config = AutoConfig.for_model(
-        architecture, vocab_size=VOCAB, bos_token_id=0, eos_token_id=EOS, pad_token_id=PAD,
+        architecture,
+        vocab_size=VOCAB,
+        bos_token_id=0,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
         **ARCHITECTURES[architecture],
     )
     torch.manual_seed(seed)

@@ -38,7 +38,9 @@ def test_collate_masks_prompt_and_padding():
     responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     assert batch.target_ids.tolist() == [t for response in responses for t in response]
     assert torch.equal(batch.input_ids[batch.target_rows, batch.target_positions + 1], batch.target_ids)
-    assert batch.num_tokens == sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    assert batch.num_tokens == sum(
+        len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs
+    )
     assert IGNORE_INDEX not in batch.target_ids.tolist()
 
 
@@ -47,7 +49,7 @@ def test_padding_and_prompt_token_values_change_nothing():
     pairs = random_pairs(4, seed=2)
     batch = collate_padded(pairs, PAD)
     # Other pad ids and extra padding columns: same log-probs.
-    wider = collate_padded(pairs + [dataclasses.replace(pairs[0], prompt_ids=[5] * 40)], pad_token_id=EOS)
+    wider = collate_padded([*pairs, dataclasses.replace(pairs[0], prompt_ids=[5] * 40)], pad_token_id=EOS)
     with torch.no_grad():
         base, _ = sequence_logprobs(model, batch)
         other, _ = sequence_logprobs(model, wider)
@@ -57,7 +59,7 @@ def test_padding_and_prompt_token_values_change_nothing():
 def test_prompt_tokens_are_conditioned_on_not_scored():
     model = tiny_causal_lm("gpt2")
     pair = random_pairs(1, seed=3)[0]
-    longer_prompt = dataclasses.replace(pair, prompt_ids=pair.prompt_ids + [7, 8, 9])
+    longer_prompt = dataclasses.replace(pair, prompt_ids=[*pair.prompt_ids, 7, 8, 9])
     with torch.no_grad():
         a, count_a = sequence_logprobs(model, collate_padded([pair], PAD))
         b, count_b = sequence_logprobs(model, collate_padded([longer_prompt], PAD))

@@ -43,7 +43,9 @@ def test_dpo_symmetric_inputs_give_log_two():
 
 
 def test_dpo_is_stable_for_huge_margins():
-    losses, _, _ = dpo_loss(torch.tensor([0.0, -1e4]), torch.tensor([-1e4, 0.0]), torch.zeros(2), torch.zeros(2), 1.0)
+    losses, _, _ = dpo_loss(
+        torch.tensor([0.0, -1e4]), torch.tensor([-1e4, 0.0]), torch.zeros(2), torch.zeros(2), 1.0
+    )
     assert torch.isfinite(losses).all()
     assert losses[0].item() == pytest.approx(0.0, abs=1e-6)
     assert losses[1].item() == pytest.approx(1e4, rel=1e-6)  # −log σ(−x) ≈ x, no overflow
@@ -57,16 +59,16 @@ def test_dpo_computes_in_fp32_from_bf16_inputs():
 
 def test_dpo_rewards_are_detached():
     policy_chosen = torch.tensor([-1.0], requires_grad=True)
-    losses, chosen_rewards, _ = dpo_loss(policy_chosen, torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), 0.1)
+    losses, chosen_rewards, _ = dpo_loss(
+        policy_chosen, torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), 0.1
+    )
     assert losses.requires_grad and not chosen_rewards.requires_grad
 
 
 def test_dpo_objective_and_gradient_direction():
     chosen = torch.tensor([-5.0], requires_grad=True)
     rejected = torch.tensor([-5.0], requires_grad=True)
-    output = DPO(beta=0.1)(
-        PairLogps(chosen, rejected, torch.ones(1), torch.ones(1)), _logps([-5.0], [-5.0])
-    )
+    output = DPO(beta=0.1)(PairLogps(chosen, rejected, torch.ones(1), torch.ones(1)), _logps([-5.0], [-5.0]))
     output.losses.mean().backward()
     assert chosen.grad.item() < 0 < rejected.grad.item()  # descent raises chosen, lowers rejected
     assert DPO.needs_reference

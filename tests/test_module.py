@@ -12,8 +12,16 @@ MODEL = {
     "name": "test",
     "name_or_path": None,
     "architecture": "llama",
-    "config": {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 4, "eos_token_id": 1, "pad_token_id": 2},
+    "config": {
+        "vocab_size": 97,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "eos_token_id": 1,
+        "pad_token_id": 2,
+    },
     "init_seed": 0,
     "dtype": "float32",
     "attn_implementation": "sdpa",
@@ -30,13 +38,20 @@ def _module(loss=DPO) -> DPOLitModule:
 
 
 def _loader(count=16, batch_size=4):
-    return DataLoader(random_pairs(count), batch_size=batch_size, collate_fn=lambda pairs: collate_padded(pairs, PAD))
+    return DataLoader(
+        random_pairs(count), batch_size=batch_size, collate_fn=lambda pairs: collate_padded(pairs, PAD)
+    )
 
 
 def _fit(module, tmp_path, steps=4):
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
     )
     trainer.fit(module, train_dataloaders=_loader())
     return trainer

@@ -11,9 +11,10 @@ response, and if prompt + longer response exceeds `max_length`:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TruncationMode = Literal["keep_start", "keep_end"]
 TRUNCATION_MODES: tuple[str, ...] = ("keep_start", "keep_end")
@@ -72,7 +73,7 @@ def tokenize_rows(
     max_prompt_length: int,
     truncation_mode: TruncationMode,
 ) -> dict[str, list]:
-    """Batched `datasets.map` function: columns prompt/chosen/rejected → token-id columns + truncation flags."""
+    """Batched `datasets.map` function: prompt/chosen/rejected → token-id columns and truncation flags."""
     eos = tokenizer.eos_token_id
 
     def encode(texts: list[str]) -> list[list[int]]:

@@ -1,0 +1,152 @@
+"""`python train.py` end to end, in subprocesses, exactly as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small, fast configuration of the default offline run.
+SMALL = [
+    "task.num_train_pairs=64",
+    "task.num_val_pairs=16",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=4",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def train(*overrides: str, run_dir: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "train.py", *overrides]
+    if run_dir is not None:
+        command.append(f"hydra.run.dir={run_dir}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_API_KEY": ""}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_default_run_writes_summary_checkpoints_and_a_loadable_policy(tmp_path):
+    result = train(*SMALL, run_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _summary(tmp_path)
+    assert summary["status"] == "completed" and summary["error"] is None
+    metrics = summary["metrics"]
+    for name in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ):
+        assert isinstance(metrics[f"val/{name}"], float), name
+        assert isinstance(metrics[f"train/{name}"], float), name
+    assert 0.0 <= metrics["val/rewards/accuracies"] <= 1.0
+    assert metrics["train/pairs_per_s"] > 0 and metrics["train/tokens_per_s"] > metrics["train/pairs_per_s"]
+    assert summary["global_step"] == 6 and summary["wall_time_s"] > 0
+    assert summary["config"]["beta"] == 0.1 and summary["config"]["task"]["name"] == "sentiment"
+    assert summary["data"]["train"]["rows"] == 64 and summary["data"]["validation"]["rows"] == 16
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / "csv" / "metrics.csv").read_text().count("val/rewards/accuracies") == 1
+
+    # The exported policy loads offline with the Auto classes and holds the trained weights of last.ckpt.
+    policy = AutoModelForCausalLM.from_pretrained(tmp_path / "policy", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "policy", local_files_only=True)
+    assert tokenizer.eos_token_id == policy.config.eos_token_id
+    assert (tmp_path / "policy" / "model.safetensors").is_file()
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    trained = {k.removeprefix("policy."): v for k, v in checkpoint["state_dict"].items()}
+    assert not any(k.startswith("reference.") for k in checkpoint["state_dict"])
+    exported = load_file(tmp_path / "policy" / "model.safetensors")
+    assert exported.keys() <= trained.keys() and len(exported) > 10
+    assert all(torch.equal(exported[k], trained[k]) for k in exported)
+    ids = tokenizer("The acting was", return_tensors="pt", add_special_tokens=False).input_ids
+    assert torch.isfinite(policy(ids).logits).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["beta=-1"], "error: beta: must be > 0, got -1"),
+        (["task.max_prompt_length=80"], "error: task.max_prompt_length: must be in [1, task.max_length=64)"),
+        (
+            ["model=nope"],
+            "error: model: unknown option 'nope'; choose one of: gpt2, gpt2-large, gptj, hf, pythia28, tiny",
+        ),
+        (
+            ["task=local", "task.path=/no/such/file.jsonl"],
+            "error: task.path: file not found: /no/such/file.jsonl",
+        ),
+    ],
+)
+def test_config_mistakes_fail_in_one_line_before_any_model_loads(overrides, message, tmp_path):
+    result = train(*overrides, run_dir=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.stderr
+    if overrides[0] != "model=nope":  # Hydra never ran for an unknown group option
+        summary = _summary(tmp_path)
+        assert summary["status"] == "failed" and message.removeprefix("error: ") in summary["error"]
+        assert not (tmp_path / "policy").exists()
+
+
+def test_bad_local_row_names_file_row_and_field(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Hi", "chosen": " yes", "rejected": " no"}] * 5 + [
+        {"prompt": "Hi", "chosen": "", "rejected": " no"}
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = train(
+        "task=local", f"task.path={data}", f"task.val_path={data}", run_dir=tmp_path / "run", timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {data}: row 5: chosen is empty"
+
+    skipping = train(
+        "task=local",
+        f"task.path={data}",
+        f"task.val_path={data}",
+        "task.skip_bad_rows=true",
+        "trainer.max_steps=2",
+        "data.batch_size=2",
+        run_dir=tmp_path / "skip",
+        timeout=180,
+    )
+    assert skipping.returncode == 0, skipping.stderr[-3000:]
+    report = _summary(tmp_path / "skip")["data"]
+    assert report["train"]["skipped"] == {"chosen is empty": 1} and report["train"]["rows"] == 5
+
+
+def test_multirun_sweeps_beta(tmp_path):
+    result = train(
+        "-m",
+        "beta=0.1,0.5",
+        *SMALL[:3],
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    betas = sorted(_summary(tmp_path / job)["config"]["loss"]["beta"] for job in ("0", "1"))
+    assert betas == [0.1, 0.5]
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    result = train(*SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", run_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _summary(tmp_path)
+    assert summary["status"] == "completed" and summary["global_step"] == 6
+    assert summary["config"]["trainer"]["devices"] == 2
+    assert (tmp_path / "policy" / "model.safetensors").is_file()
