@@ -5,6 +5,7 @@ Config mistakes print as one line, `error: <key>: <problem>`, and exit with stat
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def _fail(error: Exception) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _train(cfg: DictConfig) -> None:
     from dpo_lightning.run import run  # heavy imports after Hydra has parsed the command line
+
+    # Hydra's logging already prints and files every record; Lightning's own console handlers would print
+    # each of its messages a second time (and keep them out of train.log).
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
 
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))

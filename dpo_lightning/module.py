@@ -9,6 +9,7 @@ Chosen and rejected sequences go through the policy in one forward (the batch ho
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,9 @@ from dpo_lightning.models import build_model
 from dpo_lightning.reference import FrozenReference
 
 REFERENCE_PREFIX = "reference."  # state-dict keys of the frozen reference, kept out of checkpoints
+
+# The frozen reference is in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 
 def split_pairs(logps: torch.Tensor, num_tokens: torch.Tensor, num_pairs: int) -> PairLogps:

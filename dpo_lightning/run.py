@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +31,8 @@ def _plain(node: DictConfig) -> dict[str, Any]:
 def build_datamodule(cfg: DictConfig, tokenizer) -> PreferenceDataModule:
     """The task's source (its config minus the tokenization keys) wrapped in a PreferenceDataModule."""
     task = _plain(cfg.task)
-    source = instantiate({k: v for k, v in task.items() if k not in TASK_DATA_KEYS})
+    source_class = get_object(task["_target_"])  # called directly: its ConfigError stays a one-liner
+    source = source_class(**{k: v for k, v in task.items() if k not in (*TASK_DATA_KEYS, "_target_")})
     return PreferenceDataModule(
         source,
         tokenizer,

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict, read_write
 
 from dpo_lightning.cli import CONF_DIR
 from dpo_lightning.config import TASK_DATA_KEYS, check_group_choices, validate_config
@@ -25,8 +25,11 @@ def _compose(overrides, tmp_path: Path):
     overrides = [o.replace("PAIRS", str(pairs)) for o in overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    cfg.hydra.runtime.output_dir = str(tmp_path)
+    with open_dict(cfg), read_write(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:…} as in a real run
+    with open_dict(cfg):
+        del cfg.hydra  # as the task function receives it
     return cfg
 
 
@@ -50,7 +53,10 @@ def test_every_option_composes_validates_and_instantiates(group, option, tmp_pat
         options = OmegaConf.to_container(node, resolve=True)
         options.pop("warmup_steps")
         instantiate(options, params=[torch.nn.Parameter(torch.zeros(1))])
-    elif group in ("loss", "logger", "trainer") and node:
+    elif group == "trainer":
+        accelerator = node.accelerator if torch.cuda.is_available() else "cpu"  # GPU options on a CPU machine
+        assert instantiate(node, accelerator=accelerator, logger=False).max_epochs == node.max_epochs
+    elif group in ("loss", "logger") and node:
         assert instantiate(node) is not None
     elif group == "model":
         assert node.trust_remote_code is False

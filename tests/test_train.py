@@ -80,7 +80,7 @@ def test_default_run_writes_summary_checkpoints_and_a_loadable_policy(tmp_path):
     ("overrides", "message"),
     [
         (["beta=-1"], "error: beta: must be > 0, got -1"),
-        (["task.max_prompt_length=80"], "error: task.max_prompt_length: must be in [1, task.max_length=64)"),
+        (["task.max_prompt_length=80"], "error: task.max_prompt_length: must be in [1, task.max_length=64), got 80"),
         (
             ["model=nope"],
             "error: model: unknown option 'nope'; choose one of: gpt2, gpt2-large, gptj, hf, pythia28, tiny",
@@ -150,3 +150,13 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert summary["status"] == "completed" and summary["global_step"] == 6
     assert summary["config"]["trainer"]["devices"] == 2
     assert (tmp_path / "policy" / "model.safetensors").is_file()
+
+
+def test_plain_default_run_learns_the_preference_in_under_three_minutes(tmp_path):
+    """The README's promise: `python train.py`, no overrides, ends with val/rewards/accuracies ≥ 0.9."""
+    result = train("trainer.enable_progress_bar=false", run_dir=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = _summary(tmp_path)
+    assert summary["config"]["task"]["name"] == "sentiment" and summary["config"]["model"]["name"] == "tiny"
+    assert summary["metrics"]["val/rewards/accuracies"] >= 0.9, summary["metrics"]
+    assert summary["wall_time_s"] < 180
