@@ -72,6 +72,7 @@ def _pairs(count: int) -> list[TokenizedPair]:
 def measure(width: str, loss: str, batch_size: int, steps: int, device: str) -> dict:
     """Train `steps` steps and return throughput and peak memory of this process."""
     torch.manual_seed(0)
+    baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # after imports, before the model
     module = DPOLitModule(
         model=_model_config(width),
         loss={"_target_": f"dpo_lightning.losses.{loss.upper()}", **({"beta": 0.1} if loss == "dpo" else {})},
@@ -96,7 +97,12 @@ def measure(width: str, loss: str, batch_size: int, steps: int, device: str) -> 
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     parameters = sum(p.numel() for p in module.policy.parameters())
-    return {"params_m": parameters / 1e6, "peak_mib": peak_mib, **throughput.totals(world_size=1)}
+    return {
+        "params_m": parameters / 1e6,
+        "peak_mib": peak_mib,
+        "baseline_mib": baseline_mib,
+        **throughput.totals(world_size=1),
+    }
 
 
 def _run_in_child(queue: multiprocessing.Queue, *args) -> None:
@@ -110,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
 
     context = multiprocessing.get_context("spawn")
-    header = f"| model | params | loss | pairs/step | pairs/s | tokens/s | peak {'RSS' if args.device == 'cpu' else 'CUDA'} MiB |"
+    memory = "peak RSS MiB (before model)" if args.device == "cpu" else "peak CUDA MiB"
+    header = f"| model | params | loss | pairs/step | pairs/s | tokens/s | {memory} |"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", file=sys.stderr)
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
@@ -122,7 +129,8 @@ def main() -> None:
         child.join()
         print(
             f"| {width} | {result['params_m']:.1f}M | {loss} | {batch_size} | {result['train/pairs_per_s']:.1f} "
-            f"| {result['train/tokens_per_s']:.0f} | {result['peak_mib']:.0f} |",
+            f"| {result['train/tokens_per_s']:.0f} | {result['peak_mib']:.0f}"
+            + (f" ({result['baseline_mib']:.0f}) |" if args.device == "cpu" else " |"),
             flush=True,
         )
 

@@ -76,9 +76,7 @@ def validate_config(cfg: DictConfig) -> None:
         f"must be one of {', '.join(TRUNCATION_MODES)}, got {task.truncation_mode!r}",
     )
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be ≥ 1, got {cfg.data.batch_size}")
-    _require(
-        cfg.data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {cfg.data.eval_batch_size}"
-    )
+    _require(cfg.data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {cfg.data.eval_batch_size}")
     _require(
         cfg.model.dtype in DTYPE_NAMES,
         "model.dtype",

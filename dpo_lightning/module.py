@@ -45,9 +45,7 @@ class DPOLitModule(L.LightningModule):
             `warmup_steps` for the linear learning-rate warm-up.
     """
 
-    def __init__(
-        self, model: Mapping[str, Any], loss: Mapping[str, Any], optimizer: Mapping[str, Any]
-    ) -> None:
+    def __init__(self, model: Mapping[str, Any], loss: Mapping[str, Any], optimizer: Mapping[str, Any]) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.objective: Objective = instantiate(loss)
@@ -94,9 +92,7 @@ class DPOLitModule(L.LightningModule):
         warmup_steps = options.pop("warmup_steps")
         parameters = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = instantiate(options, params=parameters)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -108,6 +104,4 @@ class DPOLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt reference's weights back so that strict loading still checks the policy."""
         if self.reference is not None:
-            checkpoint["state_dict"].update(
-                {REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()}
-            )
+            checkpoint["state_dict"].update({REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()})

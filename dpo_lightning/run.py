@@ -72,9 +72,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule)
         train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        summary.add_metrics(
-            train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size)
-        )
+        summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report)
         if trainer.is_global_zero:
             summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy")))

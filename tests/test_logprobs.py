@@ -38,9 +38,7 @@ def test_collate_masks_prompt_and_padding():
     responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     assert batch.target_ids.tolist() == [t for response in responses for t in response]
     assert torch.equal(batch.input_ids[batch.target_rows, batch.target_positions + 1], batch.target_ids)
-    assert batch.num_tokens == sum(
-        len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs
-    )
+    assert batch.num_tokens == sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     assert IGNORE_INDEX not in batch.target_ids.tolist()
 
 

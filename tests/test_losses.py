@@ -43,9 +43,7 @@ def test_dpo_symmetric_inputs_give_log_two():
 
 
 def test_dpo_is_stable_for_huge_margins():
-    losses, _, _ = dpo_loss(
-        torch.tensor([0.0, -1e4]), torch.tensor([-1e4, 0.0]), torch.zeros(2), torch.zeros(2), 1.0
-    )
+    losses, _, _ = dpo_loss(torch.tensor([0.0, -1e4]), torch.tensor([-1e4, 0.0]), torch.zeros(2), torch.zeros(2), 1.0)
     assert torch.isfinite(losses).all()
     assert losses[0].item() == pytest.approx(0.0, abs=1e-6)
     assert losses[1].item() == pytest.approx(1e4, rel=1e-6)  # −log σ(−x) ≈ x, no overflow

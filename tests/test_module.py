@@ -38,9 +38,7 @@ def _module(loss=DPO) -> DPOLitModule:
 
 
 def _loader(count=16, batch_size=4):
-    return DataLoader(
-        random_pairs(count), batch_size=batch_size, collate_fn=lambda pairs: collate_padded(pairs, PAD)
-    )
+    return DataLoader(random_pairs(count), batch_size=batch_size, collate_fn=lambda pairs: collate_padded(pairs, PAD))
 
 
 def _fit(module, tmp_path, steps=4):

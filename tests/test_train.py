@@ -108,9 +108,7 @@ def test_bad_local_row_names_file_row_and_field(tmp_path):
         {"prompt": "Hi", "chosen": "", "rejected": " no"}
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train(
-        "task=local", f"task.path={data}", f"task.val_path={data}", run_dir=tmp_path / "run", timeout=120
-    )
+    result = train("task=local", f"task.path={data}", f"task.val_path={data}", run_dir=tmp_path / "run", timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {data}: row 5: chosen is empty"
 

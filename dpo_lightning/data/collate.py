@@ -51,9 +51,7 @@ def collate_padded(pairs: Sequence[TokenizedPair], pad_token_id: int) -> Batch:
     Rows 0..P-1 are `prompt + chosen`, rows P..2P-1 are `prompt + rejected`, right-padded to the longest row;
     labels are the input ids with prompt and padding set to IGNORE_INDEX, shifted by one to find targets.
     """
-    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [
-        (p.prompt_ids, p.rejected_ids) for p in pairs
-    ]
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
     num_rows = len(sequences)
     width = max(len(prompt) + len(response) for prompt, response in sequences)
     input_ids = torch.full((num_rows, width), pad_token_id, dtype=torch.long)

@@ -23,9 +23,7 @@ def _row_problem(values: tuple) -> str:
     return ""
 
 
-def check_triples(
-    rows: datasets.Dataset, origin: str, skip_bad_rows: bool
-) -> tuple[datasets.Dataset, Counter]:
+def check_triples(rows: datasets.Dataset, origin: str, skip_bad_rows: bool) -> tuple[datasets.Dataset, Counter]:
     """Return the good rows and a count of skipped rows per reason; raise `DataError` on the first bad row
     unless `skip_bad_rows`. Row numbers are 0-based indices into the split."""
     missing = [c for c in TRIPLE_COLUMNS if c not in rows.column_names]
@@ -35,11 +33,7 @@ def check_triples(
     bad = [(index, problem) for index, problem in enumerate(problems) if problem]
     if bad and not skip_bad_rows:
         index, problem = bad[0]
-        more = (
-            f" (and {len(bad) - 1} more bad rows; set task.skip_bad_rows=true to skip them)"
-            if len(bad) > 1
-            else ""
-        )
+        more = f" (and {len(bad) - 1} more bad rows; set task.skip_bad_rows=true to skip them)" if len(bad) > 1 else ""
         raise DataError(f"{origin}: row {index}: {problem}{more}")
     skipped = Counter(problem for _, problem in bad)
     if bad:

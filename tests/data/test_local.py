@@ -11,10 +11,7 @@ from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.validate import check_triples
 from dpo_lightning.errors import ConfigError, DataError
 
-ROWS = [
-    {"prompt": f"Question {i}?", "chosen": f" good answer {i}", "rejected": f" bad answer {i}"}
-    for i in range(20)
-]
+ROWS = [{"prompt": f"Question {i}?", "chosen": f" good answer {i}", "rejected": f" bad answer {i}"} for i in range(20)]
 
 
 def _write(path, rows):

@@ -37,9 +37,7 @@ def test_long_responses_are_cut_to_the_remaining_budget():
     chosen, rejected = [7] * 30 + [EOS], [9] * 20 + [EOS]
     pair, cut = _cut(PROMPT, chosen, rejected, "keep_end")
     assert pair.prompt_ids == PROMPT[-16:]
-    assert (
-        pair.chosen_ids == [7] * 16 and pair.rejected_ids == [9] * 16
-    )  # 32 − 16, EOS lost as in the reference
+    assert pair.chosen_ids == [7] * 16 and pair.rejected_ids == [9] * 16  # 32 − 16, EOS lost as in the reference
     assert cut.prompt and cut.responses
     assert len(pair.prompt_ids) + len(pair.chosen_ids) <= 32
 

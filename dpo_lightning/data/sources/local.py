@@ -42,9 +42,7 @@ class LocalSource:
         if val_path is not None:
             self.files["validation"] = _check_file("task.val_path", val_path)
         elif not val_size > 0:
-            raise ConfigError(
-                "task.val_size", f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}"
-            )
+            raise ConfigError("task.val_size", f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}")
         self.val_size = val_size
         self.columns = {prompt_column: "prompt", chosen_column: "chosen", rejected_column: "rejected"}
         self.seed = seed

@@ -22,15 +22,49 @@ from dpo_lightning.errors import ConfigError
 SPLITS: tuple[str, ...] = ("train", "validation")
 
 _TITLE_WORDS = (
-    "Silent Harbor", "Midnight Train", "Glass Garden", "Last Summer", "Iron Valley", "Paper Moon",
-    "Distant Shore", "Crimson Road", "Hollow Crown", "Winter Light", "Broken Compass", "Golden Hour",
-    "Velvet Storm", "Quiet Earth", "Lost Signal", "Northern Lights", "Salt and Smoke", "Second Chance",
-    "Empty Rooms", "Wild River", "Stone Bridge", "Neon Dreams", "Small Hours", "Open Water",
+    "Silent Harbor",
+    "Midnight Train",
+    "Glass Garden",
+    "Last Summer",
+    "Iron Valley",
+    "Paper Moon",
+    "Distant Shore",
+    "Crimson Road",
+    "Hollow Crown",
+    "Winter Light",
+    "Broken Compass",
+    "Golden Hour",
+    "Velvet Storm",
+    "Quiet Earth",
+    "Lost Signal",
+    "Northern Lights",
+    "Salt and Smoke",
+    "Second Chance",
+    "Empty Rooms",
+    "Wild River",
+    "Stone Bridge",
+    "Neon Dreams",
+    "Small Hours",
+    "Open Water",
 )
 _TITLE_PREFIXES = ("", "", "The ", "Return to ", "Beyond the ", "Escape from ", "Letters from ", "Under the ")
 _ASPECTS = (
-    "plot", "acting", "soundtrack", "dialogue", "ending", "cinematography", "pacing", "script",
-    "lead performance", "direction", "editing", "score", "story", "cast", "humor", "visual effects",
+    "plot",
+    "acting",
+    "soundtrack",
+    "dialogue",
+    "ending",
+    "cinematography",
+    "pacing",
+    "script",
+    "lead performance",
+    "direction",
+    "editing",
+    "score",
+    "story",
+    "cast",
+    "humor",
+    "visual effects",
 )
 _PROMPT_TEMPLATES = (
     'I watched "{title}" last night and the {aspect} was',
@@ -43,12 +77,38 @@ _PROMPT_TEMPLATES = (
     "I went into {title} with low expectations, and the {aspect} was",
 )
 _POSITIVE = (
-    "wonderful", "brilliant", "beautiful", "excellent", "charming", "delightful", "great", "superb",
-    "moving", "fantastic", "clever", "lovely", "gripping", "impressive", "fun",
+    "wonderful",
+    "brilliant",
+    "beautiful",
+    "excellent",
+    "charming",
+    "delightful",
+    "great",
+    "superb",
+    "moving",
+    "fantastic",
+    "clever",
+    "lovely",
+    "gripping",
+    "impressive",
+    "fun",
 )
 _NEGATIVE = (
-    "terrible", "boring", "awful", "dull", "painful", "horrible", "weak", "disappointing", "bad",
-    "annoying", "ugly", "stupid", "tedious", "lifeless", "poor",
+    "terrible",
+    "boring",
+    "awful",
+    "dull",
+    "painful",
+    "horrible",
+    "weak",
+    "disappointing",
+    "bad",
+    "annoying",
+    "ugly",
+    "stupid",
+    "tedious",
+    "lifeless",
+    "poor",
 )
 _NEUTRAL = ("long", "loud", "slow", "simple", "quiet", "strange", "different", "familiar", "short", "dark")
 _INTENSIFIERS = ("", "", "very ", "really ", "truly ", "somewhat ", "extremely ", "quite ")
@@ -56,8 +116,14 @@ _NEGATIONS = ("not ", "never ")
 _CONNECTIVES = ("but", "and", "although", "while", "yet")
 _SUBJECTS = ("the acting", "the music", "the ending", "the story", "the cast", "every scene", "the camera work")
 _CLOSERS = (
-    "I would watch it again", "I want my money back", "I left early", "the audience applauded",
-    "my friends loved it", "I fell asleep", "it stayed with me", "I regret going",
+    "I would watch it again",
+    "I want my money back",
+    "I left early",
+    "the audience applauded",
+    "my friends loved it",
+    "I fell asleep",
+    "it stayed with me",
+    "I regret going",
 )
 
 

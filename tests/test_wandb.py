@@ -1,0 +1,94 @@
+"""logger=wandb never prompts or hangs: offline without credentials or a reachable server."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dpo_lightning.errors import ConfigError
+from dpo_lightning.wandb_logging import resolve_mode
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake 40-character W&B key
+
+
+@pytest.fixture
+def no_netrc(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_auto_without_credentials_is_offline(no_netrc):
+    assert resolve_mode("auto") == "offline"
+
+
+def test_auto_with_credentials_but_unreachable_server_is_offline(no_netrc, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    assert resolve_mode("auto") == "offline"
+
+
+def test_auto_with_credentials_and_a_reachable_server_is_online(no_netrc, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert resolve_mode("auto") == "online"
+
+
+def test_netrc_entry_counts_as_credentials(tmp_path, no_netrc, monkeypatch):
+    (tmp_path / ".netrc").write_text(f"machine 127.0.0.1\n  login user\n  password {SECRET}\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert resolve_mode("auto") == "online"
+
+
+def test_explicit_modes_pass_through_and_bad_ones_fail():
+    assert [resolve_mode(m) for m in ("online", "offline", "disabled")] == ["online", "offline", "disabled"]
+    with pytest.raises(ConfigError, match=r"^logger\.mode: must be one of auto, online, offline, disabled"):
+        resolve_mode("sometimes")
+
+
+def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_API_KEY": SECRET,
+        "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}",
+    }
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "train.py",
+        "logger=wandb",
+        "task.num_train_pairs=32",
+        "task.num_val_pairs=8",
+        "data.batch_size=8",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in result.stdout + result.stderr
