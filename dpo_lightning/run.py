@@ -6,6 +6,7 @@ conf ──► validate_config ──► source ─► PreferenceDataModule ─�
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.export import RunSummary, export_policy
 from dpo_lightning.models import load_tokenizer
 from dpo_lightning.module import DPOLitModule
+
+log = logging.getLogger(__name__)
 
 
 def _plain(node: DictConfig) -> dict[str, Any]:
@@ -54,6 +57,24 @@ def build_trainer(cfg: DictConfig, output_dir: Path, throughput: Throughput) -> 
     )
 
 
+def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None:
+    """Log the final validation metrics, with what they were before training, and where the outputs are."""
+    if "val/rewards/accuracies" in metrics:
+        log.info(
+            "val/rewards/accuracies %.3f (chance 0.5) · val/loss %.4f (log 2 = 0.6931 before training) · "
+            "val/rewards/margins %.3f",
+            metrics["val/rewards/accuracies"],
+            metrics["val/loss"],
+            metrics["val/rewards/margins"],
+        )
+    log.info(
+        "train/pairs_per_s %.1f · %s steps · run folder %s",
+        metrics.get("train/pairs_per_s", 0.0),
+        global_step,
+        output_dir,
+    )
+
+
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Train as configured; write `summary.json` (always) and `policy/` (on success) into `output_dir`."""
     started = time.perf_counter()
@@ -76,6 +97,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report)
         if trainer.is_global_zero:
             summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy")))
+            _report(summary.content["metrics"], trainer.global_step, output_dir)
     except BaseException as error:
         summary.fail(error)
         raise

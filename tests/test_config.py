@@ -1,5 +1,6 @@
 """Every option of every config group composes and instantiates; config mistakes fail in one line."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,13 @@ def test_unknown_group_option_lists_the_allowed_ones(arguments):
 
 def test_known_choices_and_plain_keys_pass():
     check_group_choices(["-m", "loss=dpo,sft", "beta=0.5", "trainer.max_steps=3", "--cfg", "job"], CONF_DIR)
+
+
+def test_every_conf_key_has_a_comment():
+    uncommented = [
+        f"{path.relative_to(CONF_DIR)}:{number}: {line.strip()}"
+        for path in sorted(CONF_DIR.rglob("*.yaml"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if re.match(r"^\s*[A-Za-z_][\w.-]*:", line) and "#" not in line
+    ]
+    assert not uncommented, "\n".join(uncommented)
