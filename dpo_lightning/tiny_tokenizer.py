@@ -1,49 +1,72 @@
-"""The tokenizer of `model=tiny`: a byte-level BPE the project ships, built from its own data.
+"""The tokenizer of `model=tiny`: a small byte-level BPE that the project ships, built from its own data.
 
-`python -m dpo_lightning.tiny_tokenizer` rebuilds it deterministically from the sentiment generator's text
-and writes it to `assets/tiny_tokenizer/`. Byte-level means any Unicode text encodes without unknown
-tokens, so the tiny model also works on `task=local` data. Special tokens: <|bos|> = 0, <|eos|> = 1,
-<|pad|> = 2; nothing is added automatically (the trainer appends EOS to responses itself).
+`python -m dpo_lightning.tiny_tokenizer` rebuilds it from the sentiment generator's text (prompts and
+continuations of `generate_sentiment_pairs(20000, seed=0)`) and saves it to `assets/tiny_tokenizer/`; the
+rebuild is deterministic, so the shipped files can always be reproduced. Byte-level means that any Unicode
+text encodes without unknown tokens, so the tiny model also works on `task=local` data.
+
+It has a minimal chat template (`CHAT_TEMPLATE`). Special tokens: <|bos|> = 0, <|eos|> = 1, <|pad|> = 2. Encoding adds none of them (no post-processor): the
+trainer tokenizes with `add_special_tokens=False` and appends EOS to every response itself.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
-SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
-CORPUS_PAIRS, CORPUS_SEED = 5000, 0
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"  # ids 0, 1, 2: the trainer's special tokens come first
+CORPUS_PAIRS, CORPUS_SEED = 20_000, 0
+MODEL_MAX_LENGTH = 1024
+# A minimal chat template, so that conversational tasks (ultrafeedback, conversational local rows) run offline:
+#   <|system|>\n…\n<|user|>\n…\n<|assistant|>\n…\n   and, with the generation prompt, a final <|assistant|>\n.
+# The role tags are plain text, not special tokens; the trainer appends EOS after each response itself.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
-def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train the byte-level BPE on prompts and continuations of `generate_sentiment_pairs`."""
-    from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs
+def _corpus() -> list[str]:
+    """Every prompt and continuation of the sentiment generator's corpus run."""
+    from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs  # keeps VADER out of model loading
 
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # single-threaded training: the same merges every time
     rows = generate_sentiment_pairs(CORPUS_PAIRS, seed=CORPUS_SEED)
-    corpus = [row[column] for row in rows for column in ("prompt", "chosen", "rejected")]
+    return [row[column] for row in rows for column in ("prompt", "chosen", "rejected")]
+
+
+def build_tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of at most `vocab_size` tokens on the sentiment corpus; deterministic.
+
+    The vocabulary stops short of `vocab_size` once no pair of tokens is left to merge (the corpus is small and
+    repetitive: about 1,000 tokens). The trainer breaks ties between equally frequent pairs by token id, so the
+    merges depend neither on corpus order nor on the number of threads (checked with tokenizers 0.23).
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: no text is ever unknown
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    bos, eos, pad = SPECIAL_TOKENS
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=pad, model_max_length=1024
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=MODEL_MAX_LENGTH,
+        padding_side="right",
+        chat_template=CHAT_TEMPLATE,
     )
 
 
 def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """The shipped tokenizer, from `TINY_TOKENIZER_DIR` (no network)."""
+    """The shipped tokenizer, read from `TINY_TOKENIZER_DIR` (no network)."""
     return PreTrainedTokenizerFast.from_pretrained(TINY_TOKENIZER_DIR)
 
 

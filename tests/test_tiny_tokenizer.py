@@ -1,28 +1,68 @@
 """The shipped tokenizer of model=tiny: offline, byte-level, reproducible."""
 
-import json
+import pytest
 
 from dpo_lightning.tiny_tokenizer import TINY_TOKENIZER_DIR, build_tiny_tokenizer, load_tiny_tokenizer
 
-TEXT = "Café — naïve 東京 🎬 I watched “The Silent Harbor” and the acting was wonderful.\n\tTabs too."
+TEXTS = [
+    "Café — naïve 東京 🎬",
+    'I watched "The Silent Harbor" last night and the acting was truly wonderful.',
+    "  leading spaces, trailing spaces  ",
+    "Tabs\tand\nnewlines\r\n, emoji 👍🏽, Ελληνικά, العربية, zero\u200bwidth, combining e\u0301.",
+    "",
+]
 
 
-def test_loads_offline_with_fixed_special_tokens():
-    tokenizer = load_tiny_tokenizer()
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tiny_tokenizer()
+
+
+def test_shipped_files_are_small():
+    files = list(TINY_TOKENIZER_DIR.iterdir())
+    assert "tokenizer.json" in {file.name for file in files}
+    assert sum(file.stat().st_size for file in files) < 300_000
+
+
+def test_special_tokens_and_settings(tokenizer):
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|bos|>", "<|eos|>", "<|pad|>")
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1, 2)
-    assert tokenizer("hello", add_special_tokens=False).input_ids == tokenizer("hello").input_ids
+    assert tokenizer.unk_token is None  # byte-level: nothing is ever unknown
+    assert (tokenizer.model_max_length, tokenizer.padding_side) == (1024, "right")
 
 
-def test_any_text_round_trips_without_unknown_tokens():
-    tokenizer = load_tiny_tokenizer()
-    ids = tokenizer(TEXT, add_special_tokens=False).input_ids
-    assert tokenizer.decode(ids) == TEXT
+def test_nothing_is_added_automatically(tokenizer):
+    text = TEXTS[1]
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer(text).input_ids == ids  # no BOS/EOS even when asked to add special tokens
+    assert not {0, 1, 2} & set(ids)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_any_text_round_trips_exactly(tokenizer, text):
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert all(0 <= i < len(tokenizer) for i in ids)
+    assert tokenizer.decode(ids) == text
+
+
+def test_merges_compress_reviews(tokenizer):
     review = " the acting was truly wonderful, and the ending felt really charming."
-    assert len(tokenizer(review, add_special_tokens=False).input_ids) < len(review.encode()) / 3  # merges work
+    assert len(tokenizer(review, add_special_tokens=False).input_ids) < len(review.encode()) / 3
 
 
-def test_rebuild_reproduces_the_shipped_files():
-    rebuilt = build_tiny_tokenizer()
-    shipped = json.loads((TINY_TOKENIZER_DIR / "tokenizer.json").read_text())
-    assert rebuilt.get_vocab() == load_tiny_tokenizer().get_vocab()
-    assert json.loads(rebuilt.backend_tokenizer.to_str())["model"]["merges"] == shipped["model"]["merges"]
+def test_rebuild_reproduces_the_shipped_files(tmp_path):
+    build_tiny_tokenizer().save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (tmp_path / name).read_text() == (TINY_TOKENIZER_DIR / name).read_text(), name
+
+
+def test_chat_template_renders_roles_and_generation_prompt(tokenizer):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello.\n<|user|>\nBye\n<|assistant|>\n"
+    assert tokenizer.apply_chat_template(messages[:2], tokenize=False) == "<|system|>\nBe brief.\n<|user|>\nHi\n"

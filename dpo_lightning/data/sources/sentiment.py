@@ -1,12 +1,22 @@
 """`task=sentiment`: an offline stand-in for the DPO paper's IMDb controlled-sentiment task.
 
-In the paper, x is the prefix of an IMDb review, y a continuation, and the ground-truth reward is a
-sentiment classifier's p(positive | x, y). Here the project generates the prefixes and continuations itself
-(templates over word lists, so no download is needed) and the reward is VADER's compound score of the whole
-text `x + y` — a real, independent sentiment scorer whose lexicon ships inside the `vaderSentiment` package.
-Each pair's two continuations are drawn independently; the one VADER scores higher is `chosen`. Pairs whose
-scores differ by less than `min_margin` are redrawn, so there are no near-ties. Continuations start with a
-space, so `prompt + continuation` reads as one text.
+In the paper, x is the prefix of an IMDb movie review, y a continuation, and the ground-truth reward is a
+sentiment classifier's p(positive | x, y); preference pairs are ranked by that reward, and the policy must learn
+to continue any prefix positively. Here the project writes the reviews itself, so no download is needed:
+
+- prompts x are short, sentiment-neutral review openings built from templates, invented titles and film
+  aspects, e.g. `I watched "The Copper Harbor" last night and the acting was`;
+- continuations y are built from word banks (positive, negative and neutral adjectives and phrases,
+  intensifiers, negations, connectives) in 1–3 clauses; each continuation has its own random leaning, from
+  all-negative through mixed to all-positive, so a pair may be far apart in sentiment or close (both
+  positive, both negative);
+- the reward is VADER's compound score of the whole text `x + y` (`sentiment_reward`), a real and
+  independent lexicon-based scorer whose lexicon ships inside the `vaderSentiment` package. The generator's
+  own word banks never decide a preference: `chosen` is whichever continuation VADER scores higher, and
+  pairs closer than `min_margin` are redrawn, so there are no near-ties.
+
+Continuations start with a space, so `prompt + continuation` reads as one text. Everything is drawn from
+one `random.Random(seed)`: the same arguments give the same rows in every run and process.
 """
 
 from __future__ import annotations
@@ -21,114 +31,85 @@ from dpo_lightning.errors import ConfigError
 
 SPLITS: tuple[str, ...] = ("train", "validation")
 
-_TITLE_WORDS = (
-    "Silent Harbor",
-    "Midnight Train",
-    "Glass Garden",
-    "Last Summer",
-    "Iron Valley",
-    "Paper Moon",
-    "Distant Shore",
-    "Crimson Road",
-    "Hollow Crown",
-    "Winter Light",
-    "Broken Compass",
-    "Golden Hour",
-    "Velvet Storm",
-    "Quiet Earth",
-    "Lost Signal",
-    "Northern Lights",
-    "Salt and Smoke",
-    "Second Chance",
-    "Empty Rooms",
-    "Wild River",
-    "Stone Bridge",
-    "Neon Dreams",
-    "Small Hours",
-    "Open Water",
-)
-_TITLE_PREFIXES = ("", "", "The ", "Return to ", "Beyond the ", "Escape from ", "Letters from ", "Under the ")
-_ASPECTS = (
-    "plot",
-    "acting",
-    "soundtrack",
-    "dialogue",
-    "ending",
-    "cinematography",
-    "pacing",
-    "script",
-    "lead performance",
-    "direction",
-    "editing",
-    "score",
-    "story",
-    "cast",
-    "humor",
-    "visual effects",
-)
+# --- Prompts: neutral review openings; every word here is outside VADER's lexicon. -------------------------
+# Each template ends with a linking verb, so that the continuation completes the sentence.
 _PROMPT_TEMPLATES = (
     'I watched "{title}" last night and the {aspect} was',
-    "My review of {title}: the {aspect}",
-    "So I finally saw {title} with my friends, and honestly the {aspect}",
-    "{title} opened this weekend. I have to say the {aspect} is",
-    "After two hours of {title}, my verdict on the {aspect}:",
-    "We rented {title} on a rainy Sunday. The {aspect} felt",
-    "Critics keep talking about {title}, so here goes. The {aspect}",
-    "I went into {title} with low expectations, and the {aspect} was",
+    "My review of {title}: the {aspect} is",
+    "{title} opened this weekend, and the {aspect} is",
+    "We rented {title} on a Sunday evening. The {aspect} felt",
+    "Everyone keeps talking about {title}. Here goes: the {aspect} seemed",
+    "Saw {title} at the matinee today. Overall, the {aspect} was",
+    "Quick notes on {title}. The {aspect} was",
+    "Two hours of {title} later, I can say the {aspect} was",
+    "My sister picked {title} for movie night, and the {aspect} was",
+    "{title} is streaming now, and the {aspect} is",
+    "Caught the premiere of {title}. To me, the {aspect} felt",
+    "Thoughts on {title} right after the screening: the {aspect} was",
 )
-_POSITIVE = (
-    "wonderful",
-    "brilliant",
-    "beautiful",
-    "excellent",
-    "charming",
-    "delightful",
-    "great",
-    "superb",
-    "moving",
-    "fantastic",
-    "clever",
-    "lovely",
-    "gripping",
-    "impressive",
-    "fun",
+# fmt: off
+_TITLE_FORMATS = (
+    "{adjective} {noun}", "The {adjective} {noun}", "Beyond the {adjective} {noun}", "Letters from {adjective} {noun}",
 )
-_NEGATIVE = (
-    "terrible",
-    "boring",
-    "awful",
-    "dull",
-    "painful",
-    "horrible",
-    "weak",
-    "disappointing",
-    "bad",
-    "annoying",
-    "ugly",
-    "stupid",
-    "tedious",
-    "lifeless",
-    "poor",
+_TITLE_ADJECTIVES = (
+    "Silent", "Midnight", "Glass", "Iron", "Paper", "Distant", "Crimson", "Hollow", "Winter", "Velvet", "Northern",
+    "Neon", "Copper", "Amber", "Violet", "Seventh", "Southern", "Eastern", "Western", "Last", "Marble", "Autumn",
 )
-_NEUTRAL = ("long", "loud", "slow", "simple", "quiet", "strange", "different", "familiar", "short", "dark")
-_INTENSIFIERS = ("", "", "very ", "really ", "truly ", "somewhat ", "extremely ", "quite ")
-_NEGATIONS = ("not ", "never ")
+_TITLE_NOUNS = (
+    "Harbor", "Train", "Garden", "Valley", "Moon", "Shore", "Road", "Compass", "Storm", "Signal", "River", "Bridge",
+    "Orchard", "Falcon", "Lantern", "Island", "Tide", "Mirror", "Canyon", "Meadow", "Station", "Tower", "Raven",
+    "Atlas",
+)
+_ASPECTS = (
+    "plot", "acting", "soundtrack", "dialogue", "ending", "cinematography", "pacing", "script", "lead performance",
+    "direction", "editing", "story", "cast", "camera work", "opening scene", "main character", "costume design",
+    "final act",
+)
+
+# --- Continuations: the words that carry sentiment (VADER's lexicon has the first two banks, not the third). -
+_ADJECTIVES = {
+    "positive": (
+        "wonderful", "brilliant", "beautiful", "excellent", "charming", "delightful", "great", "superb", "fantastic",
+        "clever", "lovely", "impressive", "fun", "gorgeous", "funny", "enjoyable", "pleasant", "satisfying", "good",
+    ),
+    "negative": (
+        "terrible", "boring", "awful", "dull", "painful", "horrible", "weak", "disappointing", "bad", "annoying",
+        "ugly", "stupid", "lazy", "messy", "dreadful", "pathetic", "ridiculous", "grim", "exhausting",
+    ),
+    "neutral": (
+        "long", "loud", "slow", "simple", "quiet", "different", "familiar", "short", "dark", "predictable", "ordinary",
+        "unusual", "plain", "busy", "colorful", "modern", "conventional", "traditional",
+    ),
+}
+# Phrases that can stand in for an adjective phrase after the prompt's verb ("... the ending was a complete mess").
+_PHRASES = {
+    "positive": ("a joy to watch", "worth every minute", "a real treat from start to finish", "the best part of it"),
+    "negative": ("a waste of time", "a complete mess", "a disaster from start to finish", "the worst part of it"),
+    "neutral": ("about what you would expect", "typical of the genre", "hard to describe in a few words"),
+}
+# Whole clauses about the viewer, for the end of a review.
+_CLOSERS = {
+    "positive": ("I would happily watch it again", "the audience applauded", "I laughed the whole way through"),
+    "negative": ("I want my money back", "I regret buying a ticket", "I was bored the whole way through"),
+    "neutral": ("the theater was half full", "it runs about two hours", "we went home right after"),
+}
+_INTENSIFIERS = ("very", "really", "truly", "extremely", "quite")
+_DAMPENERS = ("somewhat", "slightly", "rather")  # read oddly after a negation ("not somewhat good"), so not used there
+_SUBJECTS = ("the music", "the ending", "the story", "the cast", "every scene", "the soundtrack", "the script")
+# Verbs of later clauses. Negations ("not", "never") let VADER's negation rules flip or damp the adjective.
+_VERBS = ("was", "felt", "seemed")
+_NEGATED_VERBS = ("was not", "was never", "never felt", "never seemed")
 _CONNECTIVES = ("but", "and", "although", "while", "yet")
-_SUBJECTS = ("the acting", "the music", "the ending", "the story", "the cast", "every scene", "the camera work")
-_CLOSERS = (
-    "I would watch it again",
-    "I want my money back",
-    "I left early",
-    "the audience applauded",
-    "my friends loved it",
-    "I fell asleep",
-    "it stayed with me",
-    "I regret going",
-)
+# fmt: on
 
-
-# Distinct prompts the templates can make is ~21k; stay well below so that redrawing repeats stays cheap.
-MAX_PAIRS = 12_000
+# Continuations have at least this many words, and at most 25: at most 3 clauses, the first of ≤ 7 words, a later
+# one of ≤ 9 (connective, two-word subject, two-word verb, adjective phrase of ≤ 4 words).
+MIN_CONTINUATION_WORDS = 6
+# Distinct prompts the templates can make; stay well below it so that redrawing a repeated prompt stays cheap.
+PROMPT_SPACE = len(_PROMPT_TEMPLATES) * len(_TITLE_FORMATS) * len(_TITLE_ADJECTIVES) * len(_TITLE_NOUNS) * len(_ASPECTS)
+MAX_PAIRS = PROMPT_SPACE // 4
+# Redraws of one pair's continuations before `min_margin` is declared unreachable.
+MAX_DRAWS_PER_PAIR = 1000
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,80 +118,113 @@ def _analyzer() -> SentimentIntensityAnalyzer:
 
 
 def sentiment_reward(prompt: str, completion: str) -> float:
-    """VADER compound score in [-1, 1] of the whole review `prompt + completion`."""
+    """VADER compound score in [-1, 1] of the whole review text `prompt + completion` (as the paper scores x, y
+    together); `completion` is expected to start with a space."""
     return _analyzer().polarity_scores(prompt + completion)["compound"]
 
 
-# A review has a tone that picks its adjectives: mostly from one bank, or evenly for a mixed review.
-_TONES = {
-    "positive": ((_POSITIVE, 0.8), (_NEUTRAL, 0.1), (_NEGATIVE, 0.1)),
-    "negative": ((_NEGATIVE, 0.8), (_NEUTRAL, 0.1), (_POSITIVE, 0.1)),
-    "mixed": ((_POSITIVE, 0.4), (_NEUTRAL, 0.2), (_NEGATIVE, 0.4)),
-}
-
-
-def _adjective(rng: random.Random, tone: str) -> str:
-    banks, weights = zip(*_TONES[tone], strict=True)
-    bank = rng.choices(banks, weights)[0]
-    negation = rng.choice(_NEGATIONS) if rng.random() < 0.1 else ""
-    return f"{negation}{rng.choice(_INTENSIFIERS)}{rng.choice(bank)}"
-
-
-def _clause(rng: random.Random, tone: str) -> str:
-    kind = rng.randrange(3)
-    if kind == 0:
-        return f"{rng.choice(_SUBJECTS)} was {_adjective(rng, tone)}"
-    if kind == 1:
-        return f"{rng.choice(_SUBJECTS)} felt {_adjective(rng, tone)} and {_adjective(rng, tone)}"
-    return rng.choice(_CLOSERS)
-
-
-def _continuation(rng: random.Random) -> str:
-    """5–25 words in one tone: an adjective phrase for the prompt's aspect, then 0–2 more clauses."""
-    tone = rng.choice(tuple(_TONES))
-    words = f" {_adjective(rng, tone)}"
-    for _ in range(rng.randrange(3)):
-        words += f" {rng.choice(_CONNECTIVES)} {_clause(rng, tone)}"
-    if len(words.split()) < 6:
-        words += f", and {_clause(rng, tone)}"
-    return words + "."
-
-
 def _prompt(rng: random.Random) -> str:
-    title = rng.choice(_TITLE_PREFIXES) + rng.choice(_TITLE_WORDS)
+    title = rng.choice(_TITLE_FORMATS).format(adjective=rng.choice(_TITLE_ADJECTIVES), noun=rng.choice(_TITLE_NOUNS))
     return rng.choice(_PROMPT_TEMPLATES).format(title=title, aspect=rng.choice(_ASPECTS))
 
 
-def generate_sentiment_pairs(num_pairs: int, seed: int, min_margin: float = 0.1) -> list[dict[str, str]]:
-    """Deterministic {"prompt", "chosen", "rejected"} rows with VADER-decided preferences.
+def _tone(rng: random.Random, positivity: float) -> str:
+    """The sentiment of one word choice: positive with probability 0.85·positivity, negative with
+    0.85·(1 − positivity), else neutral."""
+    draw = rng.random()
+    if draw < 0.15:
+        return "neutral"
+    return "positive" if draw < 0.15 + 0.85 * positivity else "negative"
 
-    Every prompt is unique (a repeated draw is redrawn), so a split by position never shares prompts.
+
+def _adjective_phrase(rng: random.Random, positivity: float, negated: bool) -> str:
+    """An optionally modified adjective, sometimes paired with a second one: "truly wonderful and fun"."""
+    modifiers = _INTENSIFIERS if negated else _INTENSIFIERS + _DAMPENERS
+    words = [rng.choice(modifiers)] if rng.random() < 0.5 else []
+    words.append(rng.choice(_ADJECTIVES[_tone(rng, positivity)]))
+    if rng.random() < 0.3:
+        words += ["and", rng.choice(_ADJECTIVES[_tone(rng, positivity)])]
+    return " ".join(words)
+
+
+def _first_clause(rng: random.Random, positivity: float) -> str:
+    """What completes the prompt's "... the acting was": an adjective phrase (maybe negated) or a phrase."""
+    if rng.random() < 0.25:
+        return rng.choice(_PHRASES[_tone(rng, positivity)])
+    if rng.random() < 0.15:
+        return f"not {_adjective_phrase(rng, positivity, negated=True)}"
+    return _adjective_phrase(rng, positivity, negated=False)
+
+
+def _later_clause(rng: random.Random, positivity: float) -> str:
+    """A connective and a clause of its own: ", but the music felt very dull" or ", and I want my money back"."""
+    if rng.random() < 0.3:
+        clause = rng.choice(_CLOSERS[_tone(rng, positivity)])
+    else:
+        negated = rng.random() < 0.25
+        verb = rng.choice(_NEGATED_VERBS if negated else _VERBS)
+        clause = f"{rng.choice(_SUBJECTS)} {verb} {_adjective_phrase(rng, positivity, negated)}"
+    return f", {rng.choice(_CONNECTIVES)} {clause}"
+
+
+def _continuation(rng: random.Random) -> str:
+    """A review continuation of 1–3 clauses and 6–25 words, starting with a space and ending with a period.
+
+    Its leaning `positivity` is uniform in [0, 1], so continuations range from all-negative through mixed to
+    all-positive; clauses are added until there are at least 6 words (a short first clause gets a second).
+    """
+    positivity = rng.random()
+    text = _first_clause(rng, positivity)
+    for _ in range(rng.randrange(3)):
+        text += _later_clause(rng, positivity)
+    while len(text.split()) < MIN_CONTINUATION_WORDS:
+        text += _later_clause(rng, positivity)
+    return f" {text}."
+
+
+def generate_sentiment_pairs(num_pairs: int, seed: int, min_margin: float = 0.1) -> list[dict[str, str]]:
+    """Deterministic list of {"prompt", "chosen", "rejected"} rows whose preferences VADER decides.
+
+    Each pair's two continuations are drawn independently; `chosen` is the one with the higher
+    `sentiment_reward`, and a pair whose scores differ by less than `min_margin` (or not at all) is redrawn
+    from the same RNG. Every prompt is unique (a repeated one is redrawn), so any split by position shares no
+    prompt.
     """
     if not 1 <= num_pairs <= MAX_PAIRS:
         raise ValueError(f"num_pairs must be in [1, {MAX_PAIRS}], got {num_pairs}")
     if not 0 <= min_margin < 2:
         raise ValueError(f"min_margin must be in [0, 2), got {min_margin}")
     rng = random.Random(seed)
-    seen: set[str] = set()
+    seen_prompts: set[str] = set()
     rows = []
     for _ in range(num_pairs):
         prompt = _prompt(rng)
-        while prompt in seen:
+        while prompt in seen_prompts:
             prompt = _prompt(rng)
-        seen.add(prompt)
-        while True:  # redraw near-ties: every pair has a clear VADER preference
-            first, second = _continuation(rng), _continuation(rng)
-            first_score, second_score = sentiment_reward(prompt, first), sentiment_reward(prompt, second)
-            if abs(first_score - second_score) >= max(min_margin, 1e-6):
-                break
-        chosen, rejected = (first, second) if first_score > second_score else (second, first)
+        seen_prompts.add(prompt)
+        chosen, rejected = _ranked_continuations(rng, prompt, min_margin)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows
 
 
+def _ranked_continuations(rng: random.Random, prompt: str, min_margin: float) -> tuple[str, str]:
+    """Two continuations of `prompt` at least `min_margin` apart by VADER: (higher-scored, lower-scored)."""
+    for _ in range(MAX_DRAWS_PER_PAIR):
+        first, second = _continuation(rng), _continuation(rng)
+        gap = sentiment_reward(prompt, first) - sentiment_reward(prompt, second)
+        if gap != 0 and abs(gap) >= min_margin:
+            return (first, second) if gap > 0 else (second, first)
+    raise ValueError(
+        f"min_margin={min_margin}: no two continuations that far apart in {MAX_DRAWS_PER_PAIR} draws; use a smaller one"
+    )
+
+
 class SentimentSource:
-    """Preference source for `task=sentiment`: the first `num_train_pairs` generated rows are "train", the
-    next `num_val_pairs` "validation" (one generator run, so the split is fixed by `seed`)."""
+    """Preference source for `task=sentiment`: a `datasets.Dataset` with string columns prompt, chosen, rejected.
+
+    One generator run makes `num_train_pairs + num_val_pairs` rows: the first `num_train_pairs` are "train",
+    the rest "validation" (so `seed` fixes both the data and the split, and the splits share no prompt).
+    """
 
     name = "sentiment"
 
@@ -224,20 +238,22 @@ class SentimentSource:
             raise ConfigError("task.num_train_pairs", f"train + validation pairs must be ≤ {MAX_PAIRS}")
         if not 0 <= min_margin < 2:
             raise ConfigError("task.min_margin", f"must be in [0, 2), got {min_margin}")
-        self.sizes = {"train": num_train_pairs, "validation": num_val_pairs}
+        self.num_train_pairs = num_train_pairs
+        self.num_val_pairs = num_val_pairs
         self.seed = seed
         self.min_margin = min_margin
-        self._rows: list[dict[str, str]] | None = None
+        self._rows: list[dict[str, str]] | None = None  # generated on the first `load`
 
     def origin(self, split: str) -> str:
+        """Where `split`'s rows come from, for naming bad rows."""
         return f"sentiment (seed {self.seed}) {split}"
 
     def load(self, split: str) -> datasets.Dataset:
+        """The rows of `split` ("train" or "validation")."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if self._rows is None:
-            total = self.sizes["train"] + self.sizes["validation"]
+            total = self.num_train_pairs + self.num_val_pairs
             self._rows = generate_sentiment_pairs(total, self.seed, self.min_margin)
-        train_size = self.sizes["train"]
-        rows = self._rows[:train_size] if split == "train" else self._rows[train_size:]
+        rows = self._rows[: self.num_train_pairs] if split == "train" else self._rows[self.num_train_pairs :]
         return datasets.Dataset.from_list(rows)
