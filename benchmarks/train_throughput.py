@@ -56,6 +56,7 @@ def _model_config(width: str) -> dict:
         "init_seed": 0,
         "dtype": "float32",
         "attn_implementation": "sdpa",
+        "disable_dropout": True,
         "trust_remote_code": False,
     }
 

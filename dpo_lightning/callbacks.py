@@ -30,6 +30,8 @@ class Throughput(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: Batch, batch_idx: int
     ) -> None:
         seconds = time.perf_counter() - self._start
+        if batch.placeholder:  # no data on this rank (end of a stream): not throughput
+            return
         self.steps.append((batch.num_pairs, batch.num_tokens, seconds))
         scale = trainer.world_size / seconds
         pl_module.log("train/pairs_per_s", batch.num_pairs * scale, on_step=True, prog_bar=True)

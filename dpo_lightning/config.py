@@ -18,7 +18,10 @@ TASK_DATA_KEYS: tuple[str, ...] = (
     "max_length",
     "max_prompt_length",
     "truncation_mode",
+    "prompt_suffix",
     "skip_bad_rows",
+    "streaming",
+    "shuffle_buffer",
 )
 # Parameter dtypes a model config may ask for (names of torch dtypes).
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -75,6 +78,8 @@ def validate_config(cfg: DictConfig) -> None:
         "task.truncation_mode",
         f"must be one of {', '.join(TRUNCATION_MODES)}, got {task.truncation_mode!r}",
     )
+    _require(isinstance(task.streaming, bool), "task.streaming", f"must be true or false, got {task.streaming!r}")
+    _require(task.shuffle_buffer >= 0, "task.shuffle_buffer", f"must be ≥ 0 rows, got {task.shuffle_buffer}")
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be ≥ 1, got {cfg.data.batch_size}")
     _require(cfg.data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {cfg.data.eval_batch_size}")
     _require(
@@ -87,4 +92,21 @@ def validate_config(cfg: DictConfig) -> None:
         "optimizer.warmup_steps",
         f"must be ≥ 0, got {cfg.optimizer.warmup_steps}",
     )
+    check_model_config(cfg.model)
     _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+
+
+def check_model_config(model: DictConfig) -> None:
+    """Checks of `model/` keys that need no model, tokenizer or network."""
+    for key in ("block_class", "pad_token"):
+        value = model.get(key)
+        _require(
+            value is None or (isinstance(value, str) and bool(value)),
+            f"model.{key}",
+            f"must be a non-empty string or null, got {value!r}",
+        )
+    _require(
+        isinstance(model.get("disable_dropout"), bool),
+        "model.disable_dropout",
+        f"must be true or false, got {model.get('disable_dropout')!r}",
+    )

@@ -3,6 +3,8 @@
 A model config either names pretrained weights (`name_or_path`: a hub id or a local folder) or, for
 `model=tiny`, describes a small random-init model (`architecture` + `config`) seeded by `init_seed`, which
 uses the tokenizer the project ships. Nothing here touches the network unless `name_or_path` is a hub id.
+`model.pad_token` says what pads batches (`load_tokenizer`); `model.block_class` names the transformer block,
+the unit of sharding and activation checkpointing (`transformer_blocks`).
 """
 
 from __future__ import annotations
@@ -15,18 +17,25 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from dpo_lightning.config import DTYPE_NAMES
+from dpo_lightning.errors import ConfigError
 from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def load_tokenizer(model: Mapping[str, Any]) -> PreTrainedTokenizerBase:
-    """The tokenizer of `model`; a tokenizer without a pad token pads with EOS (padding is always masked)."""
+    """The tokenizer of `model`, padding as `model.pad_token` says (padding is always masked, so any token will do).
+
+    `pad_token` null (or absent): keep the tokenizer's own pad token, or pad with EOS if it has none.
+    A token string: pad with that token, which must already be in the vocabulary (a new token would need a
+    new embedding row).
+    """
     if model.get("name_or_path") is None:
         tokenizer = load_tiny_tokenizer()
     else:
@@ -35,24 +44,91 @@ def load_tokenizer(model: Mapping[str, Any]) -> PreTrainedTokenizerBase:
         )
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {model['name']} has no EOS token; DPO appends EOS to every response")
-    if tokenizer.pad_token_id is None:
+    pad_token = model.get("pad_token")
+    if pad_token is not None:
+        if pad_token not in tokenizer.get_vocab():
+            raise ConfigError(
+                "model.pad_token",
+                f"{pad_token!r} is not a token of the tokenizer of {model['name']}; "
+                f"use one of its tokens (EOS is {tokenizer.eos_token!r}) or null",
+            )
+        tokenizer.pad_token = pad_token
+    elif tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
+    """`config` with every dropout probability (`*dropout*`, `*pdrop*` float fields) set to 0.
+
+    DPO compares the policy with a reference that runs in eval mode; dropout in the policy would make the two
+    differ at step 0 (Δ ≠ 0 for identical weights) and add noise to the log-ratios. The reference
+    implementation and TRL disable it too.
+    """
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+            setattr(config, key, 0.0)
+    return config
+
+
 def build_model(model: Mapping[str, Any]) -> PreTrainedModel:
-    """Load pretrained weights, or build the seeded random-init model described by `architecture`/`config`."""
+    """Load pretrained weights, or build the seeded random-init model described by `architecture`/`config`;
+    dropout off when `model.disable_dropout`."""
     dtype = DTYPES[model["dtype"]]
+    options = {"attn_implementation": model["attn_implementation"], "trust_remote_code": model["trust_remote_code"]}
     if model.get("name_or_path") is not None:
-        return AutoModelForCausalLM.from_pretrained(
-            model["name_or_path"],
-            dtype=dtype,
-            trust_remote_code=model["trust_remote_code"],
-            attn_implementation=model["attn_implementation"],
-        )
-    config = AutoConfig.for_model(
-        model["architecture"], **model["config"], attn_implementation=model["attn_implementation"]
-    )
+        config = AutoConfig.from_pretrained(model["name_or_path"], **options)
+    else:
+        config = AutoConfig.for_model(model["architecture"], **model["config"], **options)
+    if model["disable_dropout"]:
+        config = without_dropout(config)
+    if model.get("name_or_path") is not None:
+        return AutoModelForCausalLM.from_pretrained(model["name_or_path"], config=config, dtype=dtype, **options)
     with torch.random.fork_rng(devices=[]):  # same weights for the same init_seed, whatever the global seed
         torch.manual_seed(model["init_seed"])
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model["trust_remote_code"])
+
+
+def transformer_blocks(model: torch.nn.Module, block_class: str | None) -> list[torch.nn.Module]:
+    """The transformer blocks of `model` (the units of sharding and activation checkpointing), in order.
+
+    Args:
+        model: a causal LM (or any module holding one).
+        block_class: the block's class name (`model.block_class`, e.g. `GPT2Block`); None: detect it from
+            `_no_split_modules`, where transformers names the blocks, if that names exactly one class present.
+
+    Raises:
+        ValueError: one line naming `model.block_class` and the block-like classes found, if no module has
+            that class or the class cannot be detected.
+    """
+    if block_class is None:
+        present = {type(module).__name__ for module in model.modules()}
+        declared = sorted(
+            {name for module in model.modules() for name in getattr(module, "_no_split_modules", None) or ()}
+        )
+        detected = [name for name in declared if name in present]
+        if len(detected) != 1:
+            raise ValueError(
+                f"model.block_class: cannot detect the transformer block of {type(model).__name__} "
+                f"(_no_split_modules: {', '.join(declared) or 'none'}); set it to one of: "
+                f"{', '.join(_block_like_classes(model)) or 'none found'}"
+            )
+        block_class = detected[0]
+    blocks = [module for module in model.modules() if type(module).__name__ == block_class]
+    if not blocks:
+        raise ValueError(
+            f"model.block_class: no {block_class} module in {type(model).__name__}; block-like classes found: "
+            f"{', '.join(_block_like_classes(model)) or 'none'}"
+        )
+    return blocks
+
+
+def _block_like_classes(model: torch.nn.Module) -> list[str]:
+    """Class names of the modules held in a ModuleList (where models keep their blocks), in order of appearance."""
+    names = [
+        type(child).__name__
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList)
+        for child in module
+    ]
+    return list(dict.fromkeys(names))

@@ -42,10 +42,8 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> PreferenceDataModule:
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
-        max_length=task["max_length"],
-        max_prompt_length=task["max_prompt_length"],
-        truncation_mode=task["truncation_mode"],
-        skip_bad_rows=task["skip_bad_rows"],
+        seed=cfg.seed,
+        **{key: task[key] for key in TASK_DATA_KEYS if key != "name"},
     )
 
 
@@ -94,7 +92,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         trainer.validate(module, datamodule=datamodule, verbose=False)
         summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
-        summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report)
+        summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report())
         if trainer.is_global_zero:
             summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy")))
             _report(summary.content["metrics"], trainer.global_step, output_dir)

@@ -5,8 +5,9 @@ continuations of `generate_sentiment_pairs(20000, seed=0)`) and saves it to `ass
 rebuild is deterministic, so the shipped files can always be reproduced. Byte-level means that any Unicode
 text encodes without unknown tokens, so the tiny model also works on `task=local` data.
 
-It has a minimal chat template (`CHAT_TEMPLATE`). Special tokens: <|bos|> = 0, <|eos|> = 1, <|pad|> = 2. Encoding adds none of them (no post-processor): the
-trainer tokenizes with `add_special_tokens=False` and appends EOS to every response itself.
+It has a minimal chat template (`CHAT_TEMPLATE`). Special tokens: <|bos|> = 0, <|eos|> = 1, <|pad|> = 2.
+Encoding adds none of them (no post-processor): the trainer tokenizes with `add_special_tokens=False` and
+appends EOS to every response itself.
 """
 
 from __future__ import annotations

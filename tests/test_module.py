@@ -25,6 +25,7 @@ MODEL = {
     "init_seed": 0,
     "dtype": "float32",
     "attn_implementation": "sdpa",
+    "disable_dropout": True,
     "trust_remote_code": False,
 }
 DPO = {"_target_": "dpo_lightning.losses.DPO", "beta": 0.1}

@@ -28,6 +28,8 @@ class Batch:
         (row, position) predicts the token at (row, position + 1).
     target_ids: [N] the response tokens themselves.
     target_seqs: [N] the sequence s ∈ [0, 2P) each response token belongs to.
+    placeholder: a stand-in batch for a rank that has run out of data while others have not (streaming):
+        it goes through the model so that collectives match, but its loss is multiplied by zero.
     """
 
     input_ids: torch.Tensor
@@ -38,6 +40,7 @@ class Batch:
     target_ids: torch.Tensor
     target_seqs: torch.Tensor
     num_pairs: int
+    placeholder: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -76,3 +79,11 @@ def collate_padded(pairs: Sequence[TokenizedPair], pad_token_id: int) -> Batch:
         target_seqs=target_rows.clone(),  # in this layout row r holds sequence r
         num_pairs=len(pairs),
     )
+
+
+def placeholder_batch(pad_token_id: int) -> Batch:
+    """One pair made of a single padding token each, marked `placeholder` (see `Batch`)."""
+    pad = [pad_token_id]
+    batch = collate_padded([TokenizedPair(pad, pad, pad)], pad_token_id)
+    batch.placeholder = True
+    return batch

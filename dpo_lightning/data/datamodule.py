@@ -1,25 +1,35 @@
-"""PreferenceDataModule: source → checked triples → tokenized pairs → collated batches."""
+"""PreferenceDataModule: source rows → checked, rendered, tokenized pairs → collated batches.
+
+Two paths share every step that touches a row (`PairPreparer`, `RowReport`, `collate_padded`):
+
+- map-style (default): each split is prepared once in `setup` (`datasets.map`, cached in memory); Lightning
+  shards it over ranks with a DistributedSampler.
+- streaming (`task.streaming=true`): rows are read lazily and prepared on the fly by the dataloader
+  workers, sharded over ranks and workers with equal steps on every rank (see `data/streaming.py`).
+"""
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import datasets
 import lightning as L
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from dpo_lightning.data.collate import Batch, collate_padded
-from dpo_lightning.data.sources.base import PreferenceSource
-from dpo_lightning.data.tokenize import TokenizedPair, TruncationMode, tokenize_rows
-from dpo_lightning.data.validate import check_triples
-from dpo_lightning.errors import ConfigError
+from dpo_lightning.data.collate import Batch, collate_padded, placeholder_batch
+from dpo_lightning.data.prepare import REPORT_COLUMNS, PairPreparer, RowReport
+from dpo_lightning.data.sources.base import SPLITS, PreferenceSource
+from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs, all_ranks
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TruncationMode
+from dpo_lightning.errors import ConfigError, DataError
 
-SPLITS: tuple[str, ...] = ("train", "validation")
+ID_COLUMNS: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Map-style preference data for training and validation.
+    """Preference pairs for training and validation.
 
     `batch_size` is the global batch in pairs: each device gets
     `batch_size / (world_size × accumulate_grad_batches)` pairs per step, so the optimizer always sees
@@ -36,7 +46,11 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: int,
         max_prompt_length: int,
         truncation_mode: TruncationMode,
+        prompt_suffix: str = "",
         skip_bad_rows: bool = False,
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
+        seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -48,35 +62,42 @@ class PreferenceDataModule(L.LightningDataModule):
             "max_length": max_length,
             "max_prompt_length": max_prompt_length,
             "truncation_mode": truncation_mode,
+            "prompt_suffix": prompt_suffix,
         }
         self.skip_bad_rows = skip_bad_rows
+        self.streaming = streaming
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
         self.num_workers = num_workers
-        self.pairs: dict[str, datasets.Dataset] = {}
-        self.report: dict[str, dict] = {}  # per split: rows, skipped per reason, truncations
+        self.preparer: PairPreparer | None = None
+        self.pairs: dict[str, datasets.Dataset] = {}  # map-style: prepared usable pairs per split
+        self.reports: dict[str, RowReport] = {}  # map-style: per split
+        self.streams: dict[str, EqualStepsLoader] = {}  # streaming: per split
 
     def setup(self, stage: str | None = None) -> None:
-        for split in SPLITS:
-            if split not in self.pairs:
-                self.pairs[split] = self._prepare(split)
+        if self.preparer is None:
+            self.preparer = PairPreparer(self.tokenizer, PairTokenizer(self.tokenizer, **self.tokenize_options))
+        if not self.streaming:
+            for split in SPLITS:
+                if split not in self.pairs:
+                    self.pairs[split] = self._prepare(split)
+
+    def _rows(self, split: str) -> datasets.Dataset | datasets.IterableDataset:
+        rows = self.source.load(split, streaming=self.streaming)
+        if getattr(self.source, "conversational", False) and self.tokenizer.chat_template is None:
+            raise ConfigError("model.tokenizer", "has no chat template, and this task's rows are conversations")
+        return rows
 
     def _prepare(self, split: str) -> datasets.Dataset:
-        origin = self.source.origin(split)
-        rows, skipped = check_triples(self.source.load(split), origin, self.skip_bad_rows)
-        if len(rows) == 0:
-            raise ConfigError("task", f"{origin}: no usable rows in split {split!r}")
-        pairs = rows.map(
-            partial(tokenize_rows, tokenizer=self.tokenizer, **self.tokenize_options),
-            batched=True,
-            remove_columns=rows.column_names,
-            desc=f"tokenizing {split}",
-        )
-        self.report[split] = {
-            "rows": len(pairs),
-            "skipped": dict(skipped),
-            "truncated_prompts": int(sum(pairs["prompt_truncated"])),
-            "truncated_responses": int(sum(pairs["responses_truncated"])),
-        }
-        return pairs.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+        """Map-style: prepare every row of `split` once; keep the usable pairs, report or count the rest."""
+        rows = self._rows(split)
+        prepared = rows.map(self.preparer, batched=True, remove_columns=rows.column_names, desc=f"tokenizing {split}")
+        report = RowReport(self.source.origin(split), self.skip_bad_rows)
+        usable = report.account(prepared.select_columns(list(REPORT_COLUMNS)).to_dict())
+        if report.rows == 0:
+            raise DataError(f"{self.source.origin(split)}: no usable rows")
+        self.reports[split] = report
+        return prepared.select([i for i, ok in enumerate(usable) if ok]).select_columns(list(ID_COLUMNS))
 
     def _micro_batch_size(self) -> int:
         trainer = self.trainer
@@ -88,7 +109,9 @@ class PreferenceDataModule(L.LightningDataModule):
             )
         return self.batch_size // shards
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | EqualStepsLoader:
+        if self.streaming:
+            return self._stream(split, batch_size, shuffle)
         return DataLoader(
             self.pairs[split].with_format(None),
             batch_size=batch_size,
@@ -98,11 +121,46 @@ class PreferenceDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _stream(self, split: str, batch_size: int, shuffle: bool) -> EqualStepsLoader:
+        dataset = StreamingPairs(
+            self._rows(split),
+            self.preparer,
+            partial(collate_padded, pad_token_id=self.tokenizer.pad_token_id),
+            chunk_size=batch_size,
+            origin=self.source.origin(split),
+            skip_bad_rows=self.skip_bad_rows,
+            shuffle_buffer=self.shuffle_buffer if shuffle else 0,
+            seed=self.seed,
+        )
+        if self.trainer is not None:
+            dataset.rank, dataset.world_size = self.trainer.global_rank, self.trainer.world_size
+        self.streams[split] = EqualStepsLoader(
+            dataset, self.num_workers, placeholder_batch(self.tokenizer.pad_token_id)
+        )
+        return self.streams[split]
+
+    def train_dataloader(self) -> DataLoader | EqualStepsLoader:
         return self._loader("train", self._micro_batch_size(), shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | EqualStepsLoader:
         return self._loader("validation", self.eval_batch_size, shuffle=False)
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per split: usable rows, skipped and filtered rows per reason, truncations — over all ranks.
+
+        Map-style counts the whole split; streaming counts the rows of the latest pass (a collective call:
+        every rank must make it)."""
+        if not self.streaming:
+            return {split: report.as_dict() for split, report in self.reports.items()}
+        totals = {}
+        for split in SPLITS:
+            total = RowReport(self.source.origin(split), self.skip_bad_rows)
+            mine = self.streams[split].report.as_dict() if split in self.streams else None
+            for counts in all_ranks(mine):
+                if counts is not None:
+                    total.merge(counts)
+            totals[split] = total.as_dict()
+        return totals
 
 
 def _collate_rows(rows: list[dict], pad_token_id: int) -> Batch:

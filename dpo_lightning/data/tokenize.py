@@ -11,10 +11,11 @@ response, and if prompt + longer response exceeds `max_length`:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
+
+from dpo_lightning.errors import ConfigError
 
 TruncationMode = Literal["keep_start", "keep_end"]
 TRUNCATION_MODES: tuple[str, ...] = ("keep_start", "keep_end")
@@ -45,18 +46,24 @@ def truncate_pair(
     max_length: int,
     max_prompt_length: int,
     truncation_mode: TruncationMode,
+    protected_suffix: int = 0,
 ) -> tuple[TokenizedPair, Truncation]:
-    """Apply the reference implementation's truncation rules to already tokenized parts (EOS included)."""
+    """Apply the reference implementation's truncation rules to already tokenized parts (EOS included).
+
+    `protected_suffix`: the prompt's last this-many tokens survive `keep_start` truncation (TL;DR's
+    "\nTL;DR:"): the prompt becomes `prompt[:max_prompt_length − protected_suffix] + prompt[−protected_suffix:]`.
+    """
     if truncation_mode not in TRUNCATION_MODES:
         raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     longer_response = max(len(chosen_ids), len(rejected_ids))
     cut_prompt = cut_responses = False
     if len(prompt_ids) + longer_response > max_length and len(prompt_ids) > max_prompt_length:
         cut_prompt = True
-        if truncation_mode == "keep_start":
-            prompt_ids = prompt_ids[:max_prompt_length]
-        else:
+        if truncation_mode == "keep_end":
             prompt_ids = prompt_ids[-max_prompt_length:]
+        else:
+            kept = max_prompt_length - protected_suffix
+            prompt_ids = prompt_ids[:kept] + prompt_ids[len(prompt_ids) - protected_suffix :]
     if len(prompt_ids) + longer_response > max_length:
         cut_responses = True
         response_budget = max_length - max_prompt_length
@@ -65,41 +72,56 @@ def truncate_pair(
     return TokenizedPair(prompt_ids, chosen_ids, rejected_ids), Truncation(cut_prompt, cut_responses)
 
 
-def tokenize_rows(
-    rows: dict[str, list[str]],
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_length: int,
-    max_prompt_length: int,
-    truncation_mode: TruncationMode,
-) -> dict[str, list]:
-    """Batched `datasets.map` function: prompt/chosen/rejected → token-id columns and truncation flags."""
-    eos = tokenizer.eos_token_id
+class PairTokenizer:
+    """Texts → (TokenizedPair, Truncation): encode without special tokens, append EOS to each response,
+    truncate. A prompt ending with `prompt_suffix` is encoded as body + suffix, and the suffix is protected.
+    """
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_length: int,
+        max_prompt_length: int,
+        truncation_mode: TruncationMode,
+        prompt_suffix: str = "",
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.limits = {
+            "max_length": max_length,
+            "max_prompt_length": max_prompt_length,
+            "truncation_mode": truncation_mode,
+        }
+        self.prompt_suffix = prompt_suffix
+        self.suffix_ids = self._encode([prompt_suffix])[0] if prompt_suffix else []
+        if len(self.suffix_ids) >= max_prompt_length:
+            raise ConfigError(
+                "task.prompt_suffix",
+                f"is {len(self.suffix_ids)} tokens, which leaves no room in max_prompt_length={max_prompt_length}",
+            )
 
-    out: dict[str, list] = {
-        "prompt_ids": [],
-        "chosen_ids": [],
-        "rejected_ids": [],
-        "prompt_truncated": [],
-        "responses_truncated": [],
-    }
-    for prompt_ids, chosen_ids, rejected_ids in zip(
-        encode(rows["prompt"]), encode(rows["chosen"]), encode(rows["rejected"]), strict=True
-    ):
-        pair, cut = truncate_pair(
-            prompt_ids,
-            [*chosen_ids, eos],
-            [*rejected_ids, eos],
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            truncation_mode=truncation_mode,
-        )
-        out["prompt_ids"].append(pair.prompt_ids)
-        out["chosen_ids"].append(pair.chosen_ids)
-        out["rejected_ids"].append(pair.rejected_ids)
-        out["prompt_truncated"].append(cut.prompt)
-        out["responses_truncated"].append(cut.responses)
-    return out
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def __call__(
+        self, prompts: list[str], chosen: list[str], rejected: list[str]
+    ) -> list[tuple[TokenizedPair, Truncation]]:
+        suffix = self.prompt_suffix
+        has_suffix = [bool(suffix) and prompt.endswith(suffix) for prompt in prompts]
+        bodies = [
+            prompt[: len(prompt) - len(suffix)] if cut else prompt
+            for prompt, cut in zip(prompts, has_suffix, strict=True)
+        ]
+        eos = self.tokenizer.eos_token_id
+        return [
+            truncate_pair(
+                body_ids + self.suffix_ids if cut else body_ids,
+                [*chosen_ids, eos],
+                [*rejected_ids, eos],
+                protected_suffix=len(self.suffix_ids) if cut else 0,
+                **self.limits,
+            )
+            for body_ids, chosen_ids, rejected_ids, cut in zip(
+                self._encode(bodies), self._encode(chosen), self._encode(rejected), has_suffix, strict=True
+            )
+        ]

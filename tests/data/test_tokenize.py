@@ -2,7 +2,9 @@
 
 import pytest
 
-from dpo_lightning.data.tokenize import truncate_pair
+from dpo_lightning.data.tokenize import PairTokenizer, truncate_pair
+from dpo_lightning.errors import ConfigError
+from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
 
 PROMPT = list(range(100, 120))  # 20 tokens
 EOS = 1
@@ -51,3 +53,37 @@ def test_short_prompt_long_response_cuts_only_the_response():
 def test_rejects_unknown_mode():
     with pytest.raises(ValueError, match="truncation_mode"):
         _cut(PROMPT, [1], [1], mode="middle")
+
+
+def test_keep_start_keeps_a_protected_suffix():
+    chosen = [7] * 20 + [EOS]  # 20 + 21 > 32 → the prompt is cut to 16 tokens
+    pair, cut = truncate_pair(
+        PROMPT, chosen, [9, EOS], max_length=32, max_prompt_length=16, truncation_mode="keep_start", protected_suffix=3
+    )
+    assert pair.prompt_ids == PROMPT[:13] + PROMPT[-3:] and cut.prompt
+
+
+def test_pair_tokenizer_encodes_the_suffix_apart_and_keeps_it():
+    tokenizer = load_tiny_tokenizer()
+    suffix = "\nTL;DR:"
+    pairs = PairTokenizer(
+        tokenizer, max_length=40, max_prompt_length=24, truncation_mode="keep_start", prompt_suffix=suffix
+    )
+    post = "POST: " + "the acting was truly wonderful and the ending felt charming " * 20
+    (long, long_cut), (short, short_cut) = pairs([post + suffix, "POST: short" + suffix], [" good"] * 2, [" bad"] * 2)
+    assert long_cut.prompt and len(long.prompt_ids) == 24
+    assert tokenizer.decode(long.prompt_ids).startswith("POST: the acting")
+    assert tokenizer.decode(long.prompt_ids).endswith(suffix)
+    assert not short_cut.prompt and tokenizer.decode(short.prompt_ids) == "POST: short" + suffix
+    assert short.chosen_ids == [*tokenizer(" good", add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+
+
+def test_a_suffix_that_fills_the_prompt_budget_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^task\.prompt_suffix: is \d+ tokens"):
+        PairTokenizer(
+            load_tiny_tokenizer(),
+            max_length=8,
+            max_prompt_length=2,
+            truncation_mode="keep_start",
+            prompt_suffix="\nTL;DR:",
+        )

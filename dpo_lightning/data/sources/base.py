@@ -1,25 +1,207 @@
 """The source interface: one small class per task, turning raw rows of any schema into triples.
 
-A source returns, for a split name, a `datasets.Dataset` with string columns `prompt`, `chosen`, `rejected`
-(a streaming source will return an `IterableDataset` with the same columns). Sources never tokenize.
+A source returns, for a split name ("train" or "validation"), rows with the columns
+
+    row                        the row's 0-based index in the split as read (for naming bad rows)
+    prompt, chosen, rejected   a string each, or (conversational data) a list of {"role", "content"} messages
+    problem                    "" for a usable row; "<field>: <reason>" for a row that cannot be used;
+                               "filtered: <reason>" for a row the task's recipe leaves out on purpose
+
+as a `datasets.Dataset`, or with `streaming=True` a `datasets.IterableDataset` read lazily. Sources never
+tokenize and never drop rows: every row keeps its place, so that the data module can report a bad one
+(dataset, split, row, field) or skip and count it, and count the filtered ones.
+
+`RowSource` maps raw rows through a task's `parse`; `HubSource` reads them for every hub task: a Hugging Face
+hub dataset (`path`, `subset`, `revision`) or local files in the hub schema (`data_files`), through
+`datasets.load_dataset` either way, so the fixtures exercise the real run's parsing code path.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
 
 import datasets
 
+from dpo_lightning.errors import ConfigError, DataError
+
 TRIPLE_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
+SPLITS: tuple[str, ...] = ("train", "validation")
+FILTERED = "filtered: "  # prefix of the `problem` of a row left out by the task's recipe (always skipped, counted)
+# A conversation: a list of {"role", "content"} messages (sources normalise messages to exactly these keys).
+MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+# File suffix → `datasets` builder name.
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class RowProblem(ValueError):
+    """Raised by `parse` for a row that cannot become a triple; its message is `<field>: <reason>`."""
+
+
+class RowFiltered(ValueError):
+    """Raised by `parse` for a row that the task's recipe excludes (e.g. SHP pairs with a score ratio < 2)."""
+
+
+def as_text(value: Any, field: str) -> str:
+    """`value` if it is a string, else `RowProblem` naming `field` — a number is never silently made text."""
+    if value is None:
+        raise RowProblem(f"{field}: missing")
+    if not isinstance(value, str):
+        raise RowProblem(f"{field}: expected a string, got {type(value).__name__}")
+    return value
 
 
 class PreferenceSource(Protocol):
     """What `PreferenceDataModule` needs from a task."""
 
-    def load(self, split: str) -> datasets.Dataset:
-        """Rows of `split` ("train" or "validation") with string columns prompt, chosen, rejected."""
+    def load(self, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+        """Rows of `split` with the columns row, prompt, chosen, rejected, problem (module docstring)."""
         ...
 
     def origin(self, split: str) -> str:
-        """Where a split's rows come from (a file path, a hub id and split): used to name bad rows."""
+        """Where a split's rows come from (hub id or files, and the split): used to name bad rows."""
         ...
+
+
+def row_features(conversational: bool) -> datasets.Features:
+    """The column types of a source's output; explicit, because a bad row's values are None."""
+    value = MESSAGES if conversational else datasets.Value("string")
+    return datasets.Features(
+        {"row": datasets.Value("int64"), **dict.fromkeys(TRIPLE_COLUMNS, value), "problem": datasets.Value("string")}
+    )
+
+
+def check_data_file(key: str, path: str) -> Path:
+    """A local data file that exists and that `datasets` can read, else a ConfigError naming `key`."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(key, f"file not found: {path}")
+    if file.suffix not in BUILDERS:
+        raise ConfigError(key, f"unsupported file type {file.suffix!r}; use one of {sorted(BUILDERS)}")
+    return file
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class RowSource:
+    """Reads raw rows (`read`, per subclass) and maps every row through `parse` into the columns of the
+    module docstring; a subclass implements `read`, `parse` and `origin`."""
+
+    required_columns: tuple[str, ...] = ()  # raw columns that `parse` reads
+    conversational: bool = False  # True: `parse` returns message lists (normalised with `chat.as_messages`)
+
+    def origin(self, split: str) -> str:
+        raise NotImplementedError
+
+    def read(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+        """The raw rows of `split`, before `parse`."""
+        raise NotImplementedError
+
+    def parse(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One raw row → {"prompt", "chosen", "rejected"}; raise `RowProblem` or `RowFiltered` if it can't be used."""
+        raise NotImplementedError
+
+    def load(self, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+        rows = self.read(split, streaming)
+        columns = rows.column_names  # None for a stream whose schema is only known once read
+        self.check_columns(rows, self.origin(split))
+        features = row_features(self.conversational)
+        parse = partial(self._parse_row, origin=self.origin(split))
+        parsed = rows.map(parse, with_indices=True, remove_columns=columns, features=features)
+        return parsed if columns is not None else parsed.select_columns(list(features))
+
+    def check_columns(self, rows: datasets.Dataset | datasets.IterableDataset, origin: str) -> None:
+        """`DataError` naming `origin` if `rows` lack a required column (when the schema is known)."""
+        columns = rows.column_names
+        missing = [c for c in self.required_columns if columns is not None and c not in columns]
+        if missing:
+            raise DataError(f"{origin}: missing column(s) {missing}; found {columns}")
+
+    def _parse_row(self, row: dict[str, Any], index: int, origin: str) -> dict[str, Any]:
+        try:
+            triple, problem = self.parse(row), ""
+        except RowProblem as error:
+            triple, problem = {}, str(error)
+        except RowFiltered as error:
+            triple, problem = {}, FILTERED + str(error)
+        except KeyError as missing:
+            raise DataError(f"{origin}: row {index}: missing column {missing}; found {sorted(row)}") from None
+        return {"row": index, **{c: triple.get(c) for c in TRIPLE_COLUMNS}, "problem": problem}
+
+
+def read_files(files: list[Path], streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    """Local files (shards of one split) with the `datasets` builder their suffix names."""
+    try:
+        return datasets.load_dataset(
+            BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train", streaming=streaming
+        )
+    except Exception as error:  # pyarrow / datasets parse errors: name the files, keep their message
+        raise DataError(f"{', '.join(str(f) for f in files)}: cannot read: {_first_line(error)}") from error
+
+
+class HubSource(RowSource):
+    """Reads a hub dataset, or local files in its schema; subclasses implement `parse`.
+
+    Args:
+        path: hub dataset id (e.g. "Anthropic/hh-rlhf").
+        splits: our split name → the dataset's split name, e.g. {"train": "train", "validation": "test"}.
+        subset: the hub dataset's config name (`datasets`' `name`), if it has several.
+        data_dir: a folder inside the hub dataset to read (e.g. one subset of a Parquet export).
+        revision: hub branch, tag or commit.
+        data_files: local files in the hub schema instead of the hub: our split name → a file or a list of
+            files (read as shards of one split); a None value reads that split from the hub. The same parsing
+            code path runs on them.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        splits: Mapping[str, str],
+        subset: str | None = None,
+        data_dir: str | None = None,
+        revision: str | None = None,
+        data_files: Mapping[str, str | list[str]] | None = None,
+    ) -> None:
+        if not splits or set(splits) - set(SPLITS):
+            raise ConfigError("task.splits", f"keys must be among {list(SPLITS)}, got {sorted(splits or {})}")
+        self.path, self.subset, self.data_dir, self.revision = path, subset, data_dir, revision
+        self.splits = dict(splits)
+        self.data_files: dict[str, list[Path]] = {}
+        for split, files in (data_files or {}).items():
+            if files is None:  # this split comes from the hub
+                continue
+            if split not in SPLITS:
+                raise ConfigError("task.data_files", f"keys must be among {list(SPLITS)}, got {split!r}")
+            files = [files] if isinstance(files, str) else list(files)
+            self.data_files[split] = [check_data_file(f"task.data_files.{split}", file) for file in files]
+
+    def origin(self, split: str) -> str:
+        if split in self.data_files:
+            return f"{', '.join(str(f) for f in self.data_files[split])} ({split})"
+        subset = f" ({self.subset})" if self.subset else ""
+        return f"{self.path}{subset} split {self.splits.get(split, split)!r}"
+
+    def read(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+        if split in self.data_files:
+            return read_files(self.data_files[split], streaming)
+        if split not in self.splits:
+            raise ConfigError("task.splits", f"no {split!r} split configured; have {sorted(self.splits)}")
+        try:
+            return datasets.load_dataset(
+                self.path,
+                name=self.subset,
+                data_dir=self.data_dir,
+                revision=self.revision,
+                split=self.splits[split],
+                streaming=streaming,
+            )
+        except Exception as error:  # offline, unknown id or subset, no access, a loading script: one line
+            raise DataError(
+                f"cannot load {self.path!r} from the Hugging Face hub ({_first_line(error)}); without network, point "
+                "the task at local files in the hub schema: task.data_files.train=FILE task.data_files.validation=FILE"
+            ) from error

@@ -1,31 +1,45 @@
-"""`task=local`: preference triples from your own JSONL / JSON / Parquet / CSV files, read with `datasets`."""
+"""`task=local`: your own preference data in JSONL / JSON / Parquet / CSV files, in any of TRL's formats.
+
+    standard          {"prompt": "…", "chosen": "…", "rejected": "…"}
+    conversational    {"prompt": [messages…], "chosen": [assistant message], "rejected": [assistant message]}
+    implicit prompt   {"chosen": "…", "rejected": "…"}          (task.prompt_column=null)
+                      {"chosen": [messages…], "rejected": [messages…]}
+
+Messages are {"role": "system" | "user" | "assistant", "content": "…"}; conversational rows are rendered
+with the model tokenizer's chat template. With an implicit prompt, the prompt is the longest common prefix
+of chosen and rejected: whole messages for conversations; for text, cut back to the last whitespace so
+that both responses start at a word (" 42" / " 41", not "2" / "1").
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
 import datasets
 
-from dpo_lightning.errors import ConfigError, DataError
-
-# File suffix → `datasets` builder name.
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-def _check_file(key: str, path: str) -> Path:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(key, f"file not found: {path}")
-    if file.suffix not in _BUILDERS:
-        raise ConfigError(key, f"unsupported file type {file.suffix!r}; use one of {sorted(_BUILDERS)}")
-    return file
+from dpo_lightning.data.chat import Messages, as_messages
+from dpo_lightning.data.sources.base import RowProblem, RowSource, as_text, check_data_file, read_files
+from dpo_lightning.errors import ConfigError
 
 
-class LocalSource:
-    """Rows from local files with (configurable) prompt / chosen / rejected columns.
+def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen response, rejected response) for an implicit prompt: the longest common prefix, cut
+    back to the start of the word where the texts differ and before the whitespace in front of that word."""
+    differ = (i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b)
+    start = next(differ, min(len(chosen), len(rejected)))  # length of the common prefix
+    while start > 0 and not chosen[start - 1].isspace():  # back to the start of the differing word …
+        start -= 1
+    end = start
+    while end > 0 and chosen[end - 1].isspace():  # … and before the whitespace in front of it
+        end -= 1
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+class LocalSource(RowSource):
+    """Rows from local files; see the module docstring for the formats.
 
     Validation comes from `val_path` if given, else a seeded hold-out of `val_size` rows (a fraction in (0, 1)
-    or a count) from `path`.
+    or a count) from `path` (map-style only: a stream has no random access, so it needs `val_path`).
     """
 
     def __init__(
@@ -33,49 +47,73 @@ class LocalSource:
         path: str,
         val_path: str | None = None,
         val_size: float = 0.05,
-        prompt_column: str = "prompt",
+        prompt_column: str | None = "prompt",
         chosen_column: str = "chosen",
         rejected_column: str = "rejected",
         seed: int = 0,
     ) -> None:
-        self.files = {"train": _check_file("task.path", path)}
+        self.files = {"train": check_data_file("task.path", path)}
         if val_path is not None:
-            self.files["validation"] = _check_file("task.val_path", val_path)
+            self.files["validation"] = check_data_file("task.val_path", val_path)
         elif not val_size > 0:
             raise ConfigError("task.val_size", f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}")
         self.val_size = val_size
-        self.columns = {prompt_column: "prompt", chosen_column: "chosen", rejected_column: "rejected"}
+        self.prompt_column, self.chosen_column, self.rejected_column = prompt_column, chosen_column, rejected_column
+        self.required_columns = tuple(c for c in (prompt_column, chosen_column, rejected_column) if c is not None)
         self.seed = seed
         self._held_out: datasets.DatasetDict | None = None
 
     def origin(self, split: str) -> str:
-        file = self.files.get(split, self.files["train"])
-        return str(file) if split in self.files else f"{file} (held-out {split} rows)"
+        if split in self.files:
+            return str(self.files[split])
+        return f"{self.files['train']} (held-out {split} rows)"
 
-    def load(self, split: str) -> datasets.Dataset:
-        if split not in ("train", "validation"):
-            raise ValueError(f"unknown split {split!r}; expected 'train' or 'validation'")
+    def read(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
         if "validation" in self.files:
-            return self._read(self.files[split])
-        if self._held_out is None:
-            rows = self._read(self.files["train"])
-            test_size = self.val_size if self.val_size < 1 else int(self.val_size)
-            self._held_out = rows.train_test_split(test_size=test_size, seed=self.seed, shuffle=True)
-        return self._held_out["train" if split == "train" else "test"]
-
-    def _read(self, file: Path) -> datasets.Dataset:
-        try:
-            rows = datasets.load_dataset(_BUILDERS[file.suffix], data_files=str(file), split="train")
-        except Exception as error:  # pyarrow / datasets parse errors: name the file, keep their message
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise DataError(f"{file}: cannot read: {message}") from error
-        missing = [column for column in self.columns if column not in rows.column_names]
-        if missing:
-            raise DataError(f"{file}: missing column(s) {missing}; found {rows.column_names}")
-        renames = {old: new for old, new in self.columns.items() if old != new}
-        rows = rows.select_columns(list(self.columns)).rename_columns(renames)
-        for column in ("prompt", "chosen", "rejected"):
-            dtype = rows.features[column]
-            if not (isinstance(dtype, datasets.Value) and dtype.dtype in ("string", "large_string")):
-                raise DataError(f"{file}: row 0: {column} is not a string (column type {dtype})")
+            rows = read_files([self.files[split]], streaming)
+        elif streaming:
+            raise ConfigError("task.val_path", "streaming needs a separate validation file (a stream has no hold-out)")
+        else:
+            if self._held_out is None:
+                self._held_out = self._hold_out(read_files([self.files["train"]], streaming=False))
+            rows = self._held_out["train" if split == "train" else "test"]
+        self.conversational = self._is_conversational(rows)
         return rows
+
+    def _hold_out(self, rows: datasets.Dataset) -> datasets.DatasetDict:
+        """A seeded split of `rows` into "train" and "test" (validation) parts, both non-empty."""
+        self.check_columns(rows, str(self.files["train"]))
+        held_out = self.val_size if self.val_size < 1 else int(self.val_size)
+        count = math.ceil(held_out * len(rows)) if held_out < 1 else held_out
+        if not 1 <= count < len(rows):
+            raise ConfigError("task.val_size", f"holds out {count} of {len(rows)} rows; both splits need ≥ 1")
+        return rows.train_test_split(test_size=count, seed=self.seed, shuffle=True)
+
+    def _is_conversational(self, rows: datasets.Dataset | datasets.IterableDataset) -> bool:
+        """Whether the chosen column holds message lists (from the schema, or the first row of a stream)."""
+        if rows.features is not None and self.chosen_column in rows.features:
+            return isinstance(rows.features[self.chosen_column], (datasets.List, datasets.LargeList, list))
+        first = next(iter(rows.take(1)), {})
+        return isinstance(first.get(self.chosen_column), list)
+
+    def parse(self, row: dict) -> dict:
+        fields = [("prompt", self.prompt_column), ("chosen", self.chosen_column), ("rejected", self.rejected_column)]
+        convert = as_messages if self.conversational else as_text
+        triple = {field: convert(row[column], field) for field, column in fields if column is not None}
+        if self.prompt_column is None:
+            triple = self._split_implicit_prompt(triple["chosen"], triple["rejected"])
+        return triple
+
+    def _split_implicit_prompt(self, chosen: str | Messages, rejected: str | Messages) -> dict:
+        if isinstance(chosen, list):
+            shared = 0
+            while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+                shared += 1
+            prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        elif chosen is None or rejected is None:
+            raise RowProblem("chosen: missing" if chosen is None else "rejected: missing")
+        else:
+            prompt, chosen, rejected = split_common_prefix(chosen, rejected)
+        if not prompt:
+            raise RowProblem("prompt: chosen and rejected share no common prefix (implicit prompt)")
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}

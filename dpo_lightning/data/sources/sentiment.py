@@ -27,9 +27,8 @@ import random
 import datasets
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from dpo_lightning.data.sources.base import SPLITS
 from dpo_lightning.errors import ConfigError
-
-SPLITS: tuple[str, ...] = ("train", "validation")
 
 # --- Prompts: neutral review openings; every word here is outside VADER's lexicon. -------------------------
 # Each template ends with a linking verb, so that the continuation completes the sentence.
@@ -248,12 +247,14 @@ class SentimentSource:
         """Where `split`'s rows come from, for naming bad rows."""
         return f"sentiment (seed {self.seed}) {split}"
 
-    def load(self, split: str) -> datasets.Dataset:
-        """The rows of `split` ("train" or "validation")."""
+    def load(self, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+        """The rows of `split` ("train" or "validation"), all usable (`problem` ""); `streaming` streams the
+        generated rows (for testing the streaming path on real data without files)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if self._rows is None:
             total = self.num_train_pairs + self.num_val_pairs
             self._rows = generate_sentiment_pairs(total, self.seed, self.min_margin)
         rows = self._rows[: self.num_train_pairs] if split == "train" else self._rows[self.num_train_pairs :]
-        return datasets.Dataset.from_list(rows)
+        table = datasets.Dataset.from_list([{"row": i, **row, "problem": ""} for i, row in enumerate(rows)])
+        return table.to_iterable_dataset() if streaming else table
