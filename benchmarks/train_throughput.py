@@ -76,7 +76,7 @@ def measure(width: str, loss: str, batch_size: int, steps: int, device: str) -> 
     baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # after imports, before the model
     module = DPOLitModule(
         model=_model_config(width),
-        loss={"_target_": f"dpo_lightning.losses.{loss.upper()}", **({"beta": 0.1} if loss == "dpo" else {})},
+        loss={"_target_": f"dpo_lightning.losses.{loss}.{loss.upper()}", **({"beta": 0.1} if loss == "dpo" else {})},
         optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-4, "warmup_steps": 0},
     )
     loader = DataLoader(_pairs(batch_size * steps), batch_size=batch_size, collate_fn=lambda p: collate_padded(p, 2))

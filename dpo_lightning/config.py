@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.data.tokenize import TRUNCATION_MODES
@@ -25,6 +27,16 @@ TASK_DATA_KEYS: tuple[str, ...] = (
 )
 # Parameter dtypes a model config may ask for (names of torch dtypes).
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+# Ways to hold the reference model (`conf/reference/<name>.yaml`, `dpo_lightning.reference`), and their keys.
+REFERENCE_STRATEGIES: tuple[str, ...] = ("model", "precomputed", "lora", "none", "sync")
+REFERENCE_KEYS: dict[str, tuple[str, ...]] = {
+    "model": ("dtype",),
+    "precomputed": ("dtype", "cache_dir"),
+    "lora": ("lora",),
+    "none": (),
+    "sync": ("alpha", "every_n_steps"),
+}
+LORA_KEYS: tuple[str, ...] = ("r", "alpha", "dropout", "target_modules", "merge_on_export")
 
 
 def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
@@ -58,6 +70,8 @@ def _require(condition: bool, key: str, problem: str) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Every check that needs no model, data or network."""
+    from dpo_lightning.parallel import check_parallel_config  # parallel imports models, which imports this module
+
     missing = OmegaConf.missing_keys(cfg)
     _require(
         not missing,
@@ -66,6 +80,8 @@ def validate_config(cfg: DictConfig) -> None:
     )
 
     _require(cfg.beta > 0, "beta", f"must be > 0, got {cfg.beta}")
+    check_parallel_config(cfg)
+    check_loss_config(cfg)
     task = cfg.task
     _require(task.max_length >= 2, "task.max_length", f"must be ≥ 2, got {task.max_length}")
     _require(
@@ -93,6 +109,7 @@ def validate_config(cfg: DictConfig) -> None:
         f"must be ≥ 0, got {cfg.optimizer.warmup_steps}",
     )
     check_model_config(cfg.model)
+    check_reference_config(cfg.reference)
     _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
 
 
@@ -110,3 +127,58 @@ def check_model_config(model: DictConfig) -> None:
         "model.disable_dropout",
         f"must be true or false, got {model.get('disable_dropout')!r}",
     )
+
+
+def check_loss_config(cfg: DictConfig) -> None:
+    """Instantiate the objective (its hyperparameter checks raise one-line ConfigErrors) and check that the
+    reference strategy suits it."""
+    objective = instantiate(cfg.loss)
+    if cfg.reference.name == "none" and objective.needs_reference and not objective.reference_free_ok:
+        raise ConfigError(
+            "reference",
+            f"loss={cfg.loss.get('name', objective.name)} needs a reference model; reference=none (π_ref ≡ 1) "
+            "suits only losses built on the reference implementation's reference-free option",
+        )
+
+
+def check_reference_config(reference: DictConfig) -> None:
+    """Checks of `reference/` keys that need no model. The strategy is one choice (`reference=<name>`), so
+    strategies cannot be combined; a key of another strategy (e.g. `+reference.cache_dir=…` with `sync`,
+    whose reference changes during training and so cannot be precomputed) is an error."""
+    name = reference.get("name")
+    _require(
+        name in REFERENCE_STRATEGIES,
+        "reference.name",
+        f"must be one of {', '.join(REFERENCE_STRATEGIES)}, got {name!r}",
+    )
+    for key in reference:
+        _require(
+            key == "name" or key in REFERENCE_KEYS[name],
+            f"reference.{key}",
+            f"is not a key of reference={name} (its keys: {', '.join(REFERENCE_KEYS[name]) or 'none'})",
+        )
+    if "dtype" in reference:
+        _require(
+            reference.dtype is None or reference.dtype in DTYPE_NAMES,
+            "reference.dtype",
+            f"must be null (the policy's) or one of {', '.join(DTYPE_NAMES)}, got {reference.dtype!r}",
+        )
+    if name == "sync":
+        _require(0 <= reference.alpha <= 1, "reference.alpha", f"must be in [0, 1], got {reference.alpha}")
+        _require(
+            isinstance(reference.every_n_steps, int) and reference.every_n_steps >= 1,
+            "reference.every_n_steps",
+            f"must be an integer ≥ 1, got {reference.every_n_steps!r}",
+        )
+    if name == "lora":
+        _require(
+            importlib.util.find_spec("peft") is not None,
+            "reference",
+            "reference=lora needs the peft package: pip install peft",
+        )
+        lora = reference.lora
+        for key in lora:
+            _require(key in LORA_KEYS, f"reference.lora.{key}", f"unknown key; the keys are: {', '.join(LORA_KEYS)}")
+        _require(isinstance(lora.r, int) and lora.r >= 1, "reference.lora.r", f"must be an integer ≥ 1, got {lora.r!r}")
+        _require(lora.alpha > 0, "reference.lora.alpha", f"must be > 0, got {lora.alpha}")
+        _require(0 <= lora.dropout < 1, "reference.lora.dropout", f"must be in [0, 1), got {lora.dropout}")

@@ -32,10 +32,8 @@ def check_supported(model: PreTrainedModel) -> None:
             )
 
 
-def sequence_logprobs(
-    model: PreTrainedModel, batch: Batch, chunk_size: int = 2048
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the batch's 2P response sequences.
+def token_logprobs(model: PreTrainedModel, batch: Batch, chunk_size: int = 2048) -> torch.Tensor:
+    """Log-probs of the batch's N response tokens.
 
     Args:
         model: a Hugging Face causal LM (decoder reachable with `get_decoder()`, head with
@@ -45,10 +43,8 @@ def sequence_logprobs(
             `chunk_size × vocab`.
 
     Returns:
-        logps: [2P] fp32 sums of log p(token | prefix) over each sequence's response tokens.
-        num_tokens: [2P] number of response tokens in each sequence.
+        token_logps: [N] fp32 log p(token | prefix), in the order of `batch.target_ids`.
     """
-    num_sequences = 2 * batch.num_pairs
     hidden = (
         model.get_decoder()(
             input_ids=batch.input_ids,
@@ -59,7 +55,7 @@ def sequence_logprobs(
     )
     response_hidden = hidden[batch.target_rows, batch.target_positions]  # [N, H]
     head = model.get_output_embeddings()
-    token_logps = torch.cat(
+    return torch.cat(
         [
             _token_logps(
                 head,
@@ -69,10 +65,22 @@ def sequence_logprobs(
             for start in range(0, response_hidden.shape[0], chunk_size)
         ]
     )  # [N] fp32
+
+
+def sum_per_sequence(token_logps: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] token log-probs → [2P] summed log-probs per sequence and [2P] token counts."""
+    num_sequences = 2 * batch.num_pairs
     logps = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
     logps = logps.index_add(0, batch.target_seqs, token_logps)  # [2P]
     num_tokens = torch.bincount(batch.target_seqs, minlength=num_sequences)  # [2P]
     return logps, num_tokens
+
+
+def sequence_logprobs(
+    model: PreTrainedModel, batch: Batch, chunk_size: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the batch's 2P response sequences: [2P] fp32 sums and [2P] token counts."""
+    return sum_per_sequence(token_logprobs(model, batch, chunk_size), batch)
 
 
 def _token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

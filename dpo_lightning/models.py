@@ -73,7 +73,8 @@ def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
 
 def build_model(model: Mapping[str, Any]) -> PreTrainedModel:
     """Load pretrained weights, or build the seeded random-init model described by `architecture`/`config`;
-    dropout off when `model.disable_dropout`."""
+    dropout off when `model.disable_dropout`, per-block activation checkpointing when
+    `model.activation_checkpointing`."""
     dtype = DTYPES[model["dtype"]]
     options = {"attn_implementation": model["attn_implementation"], "trust_remote_code": model["trust_remote_code"]}
     if model.get("name_or_path") is not None:
@@ -83,10 +84,24 @@ def build_model(model: Mapping[str, Any]) -> PreTrainedModel:
     if model["disable_dropout"]:
         config = without_dropout(config)
     if model.get("name_or_path") is not None:
-        return AutoModelForCausalLM.from_pretrained(model["name_or_path"], config=config, dtype=dtype, **options)
-    with torch.random.fork_rng(devices=[]):  # same weights for the same init_seed, whatever the global seed
-        torch.manual_seed(model["init_seed"])
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model["trust_remote_code"])
+        built = AutoModelForCausalLM.from_pretrained(model["name_or_path"], config=config, dtype=dtype, **options)
+    else:
+        with torch.random.fork_rng(devices=[]):  # same weights for the same init_seed, whatever the global seed
+            torch.manual_seed(model["init_seed"])
+            built = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model["trust_remote_code"])
+    if model.get("activation_checkpointing", False):
+        enable_activation_checkpointing(built)
+    return built
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each transformer block's activations in backward instead of keeping them: transformers' own
+    per-block checkpointing, non-reentrant. It acts in training mode only (an eval-mode reference is unaffected)."""
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # recent transformers; the older name is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
 def transformer_blocks(model: torch.nn.Module, block_class: str | None) -> list[torch.nn.Module]:

@@ -1,14 +1,13 @@
 """DPOLitModule: the trainable policy, the frozen reference and one objective, orchestrated by Lightning.
 
-    batch ──► sequence_logprobs(policy)  [2P] ──┐
-         └──► reference.logprobs (no_grad) [2P] ─┴─► objective(PairLogps, PairLogps) ─► losses, rewards
+    batch ──► token_logprobs(policy) [N] ─► sums [2P] ──┐
+         └──► reference.logprobs (no_grad)      [2P] ─┴─► objective(PairLogps, PairLogps) ─► losses, rewards
 
 Chosen and rejected sequences go through the policy in one forward (the batch holds both).
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -18,11 +17,12 @@ import torch
 from hydra.utils import instantiate
 
 from dpo_lightning.data.collate import Batch
-from dpo_lightning.logprobs import check_supported, sequence_logprobs
-from dpo_lightning.losses.base import Objective, PairLogps
+from dpo_lightning.logprobs import check_supported, sum_per_sequence, token_logprobs
+from dpo_lightning.losses.base import Objective, PairLogps, TokenLogps
 from dpo_lightning.metrics import preference_metrics
 from dpo_lightning.models import build_model
-from dpo_lightning.reference import FrozenReference
+from dpo_lightning.parallel import shard_causal_lm
+from dpo_lightning.reference import FrozenReference, Reference, build_reference
 
 REFERENCE_PREFIX = "reference."  # state-dict keys of the frozen reference, kept out of checkpoints
 
@@ -30,9 +30,11 @@ REFERENCE_PREFIX = "reference."  # state-dict keys of the frozen reference, kept
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 
-def split_pairs(logps: torch.Tensor, num_tokens: torch.Tensor, num_pairs: int) -> PairLogps:
+def split_pairs(
+    logps: torch.Tensor, num_tokens: torch.Tensor, num_pairs: int, tokens: TokenLogps | None = None
+) -> PairLogps:
     """[2P] per-sequence values (chosen first, then rejected) → PairLogps."""
-    return PairLogps(logps[:num_pairs], logps[num_pairs:], num_tokens[:num_pairs], num_tokens[num_pairs:])
+    return PairLogps(logps[:num_pairs], logps[num_pairs:], num_tokens[:num_pairs], num_tokens[num_pairs:], tokens)
 
 
 class DPOLitModule(L.LightningModule):
@@ -43,26 +45,44 @@ class DPOLitModule(L.LightningModule):
         loss: the `loss/` config, instantiated into an `Objective`.
         optimizer: the `optimizer/` config: a `_target_` optimizer class and its arguments, plus
             `warmup_steps` for the linear learning-rate warm-up.
+        reference: the `reference/` config, how π_ref is held (`dpo_lightning.reference`; default: a frozen
+            copy of the initial policy). Objectives that need no reference never build or run one.
     """
 
-    def __init__(self, model: Mapping[str, Any], loss: Mapping[str, Any], optimizer: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        reference: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.objective: Objective = instantiate(loss)
+        self.reference_config = dict(reference or {"name": "model"})
         self.policy: torch.nn.Module | None = None
-        self.reference: FrozenReference | None = None
+        self.reference: Reference | None = None
 
     def configure_model(self) -> None:
-        """Build the policy (and a frozen copy as reference, if the objective needs one) once."""
+        """Build the policy (and the reference, if the objective needs one) once; under `trainer=fsdp`
+        (a device mesh) shard the policy and a frozen reference model, each in its own FSDP2 units."""
         if self.policy is not None:
             return
         self.policy = build_model(self.hparams.model)
         check_supported(self.policy)
-        if self.objective.needs_reference:
-            self.reference = FrozenReference(copy.deepcopy(self.policy))
+        self.policy, self.reference = build_reference(
+            self.reference_config, self.policy, needed=self.objective.needs_reference
+        )
+        if self.device_mesh is not None:
+            mesh, block_class = self.device_mesh["data_parallel"], self.hparams.model.get("block_class")
+            shard_causal_lm(self.policy, mesh, block_class)
+            if isinstance(self.reference, FrozenReference):
+                shard_causal_lm(self.reference.model, mesh, block_class)
 
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
-        policy = split_pairs(*sequence_logprobs(self.policy, batch), batch.num_pairs)
+        token_logps = token_logprobs(self.policy, batch)  # [N]
+        tokens = TokenLogps(token_logps, batch.target_seqs)
+        policy = split_pairs(*sum_per_sequence(token_logps, batch), batch.num_pairs, tokens)
         reference = None
         if self.reference is not None:
             reference = split_pairs(*self.reference.logprobs(batch), batch.num_pairs)
@@ -87,6 +107,11 @@ class DPOLitModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        """Let the reference strategy follow the policy (e.g. TR-DPO's periodic mixing)."""
+        if self.reference is not None:
+            self.reference.after_optimizer_step(self.policy, self.global_step)
+
     def configure_optimizers(self) -> dict:
         """The configured optimizer over trainable policy parameters only, with linear warm-up
         `lr · min(1, (step + 1) / (warmup_steps + 1))` as in the reference implementation."""
@@ -98,12 +123,17 @@ class DPOLitModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the frozen reference out of checkpoints: it is rebuilt from its source on load."""
+        """Keep the frozen reference out of checkpoints: it is rebuilt from its source on load — unless its
+        weights change during training (`reference.in_checkpoint`: `reference=sync`), which must be saved."""
+        if self.reference is not None and self.reference.in_checkpoint:
+            return
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the rebuilt reference's weights back so that strict loading still checks the policy."""
-        if self.reference is not None:
+        """Put the rebuilt reference's weights back so that strict loading still checks the policy (a saved
+        reference, `in_checkpoint`, loads from the checkpoint instead; a sharded checkpoint, `trainer=fsdp`, is
+        already loaded by `parallel.FSDP2Strategy` and has no `state_dict` here)."""
+        if self.reference is not None and not self.reference.in_checkpoint and "state_dict" in checkpoint:
             checkpoint["state_dict"].update({REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()})

@@ -23,6 +23,8 @@ from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.export import RunSummary, export_policy
 from dpo_lightning.models import load_tokenizer
 from dpo_lightning.module import DPOLitModule
+from dpo_lightning.parallel import full_state_dict
+from dpo_lightning.reference import precompute_reference
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +85,26 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tokenizer = load_tokenizer(cfg.model)
         datamodule = build_datamodule(cfg, tokenizer)
-        module = DPOLitModule(model=_plain(cfg.model), loss=_plain(cfg.loss), optimizer=_plain(cfg.optimizer))
+        module = DPOLitModule(
+            model=_plain(cfg.model),
+            loss=_plain(cfg.loss),
+            optimizer=_plain(cfg.optimizer),
+            reference=_plain(cfg.reference),
+        )
         throughput = Throughput()
         trainer = build_trainer(cfg, output_dir, throughput)
         for logger in trainer.loggers:
             logger.log_hyperparams(_plain(cfg))
-        trainer.fit(module, datamodule=datamodule)
+        if cfg.reference.name == "precomputed" and module.objective.needs_reference:  # before fit: see reference.py
+            module.reference_config["cache_file"] = str(precompute_reference(cfg, datamodule, trainer))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))  # +ckpt_path=…/last.ckpt resumes
         train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         trainer.validate(module, datamodule=datamodule, verbose=False)
         summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report())
+        policy_state = full_state_dict(module.policy)  # trainer=fsdp: gathered from the shards (every rank)
         if trainer.is_global_zero:
-            summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy")))
+            summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy", policy_state)))
             _report(summary.content["metrics"], trainer.global_step, output_dir)
     except BaseException as error:
         summary.fail(error)

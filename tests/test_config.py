@@ -68,7 +68,7 @@ def test_default_config_is_the_offline_demo(tmp_path):
     assert (cfg.task.name, cfg.model.name, cfg.loss._target_, cfg.beta) == (
         "sentiment",
         "tiny",
-        "dpo_lightning.losses.DPO",
+        "dpo_lightning.losses.dpo.DPO",
         0.1,
     )
     assert cfg.loss.beta == 0.1

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from dpo_lightning.losses import DPO, SFT, PairLogps, dpo_loss, sft_loss
+from dpo_lightning.losses import PairLogps
+from dpo_lightning.losses.dpo import DPO, dpo_loss
+from dpo_lightning.losses.sft import SFT, sft_loss
 
 
 def _logps(chosen, rejected):
@@ -74,7 +76,9 @@ def test_dpo_objective_and_gradient_direction():
 
 def test_sft_is_the_chosen_nll():
     policy = _logps([-3.0, -7.0], [-1.0, -1.0])
-    torch.testing.assert_close(sft_loss(policy.chosen), torch.tensor([3.0, 7.0]))
+    torch.testing.assert_close(
+        sft_loss(policy.chosen, policy.chosen_tokens), torch.tensor([3.0, 7.0], dtype=torch.float32)
+    )
     output = SFT()(policy, None)
     torch.testing.assert_close(output.losses, torch.tensor([3.0, 7.0]))
     assert output.chosen_rewards is None and not SFT.needs_reference

@@ -79,7 +79,7 @@ def _clone(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # a step outside a Trainer
 def test_one_dpo_step_on_each_paper_architecture(architecture):
     composed = _composed("tiny")
-    assert composed["loss"]["_target_"] == "dpo_lightning.losses.DPO"
+    assert composed["loss"]["_target_"] == "dpo_lightning.losses.dpo.DPO"
     module = DPOLitModule(model=_model(architecture), loss=composed["loss"], optimizer=composed["optimizer"])
     module.configure_model()
     module.train()  # as Lightning's fit loop does; the reference stays in eval mode

@@ -6,6 +6,7 @@ from conftest import PAD, random_pairs
 from torch.utils.data import DataLoader
 
 from dpo_lightning.data.collate import collate_padded
+from dpo_lightning.logprobs import sequence_logprobs
 from dpo_lightning.module import REFERENCE_PREFIX, DPOLitModule
 
 MODEL = {
@@ -28,7 +29,7 @@ MODEL = {
     "disable_dropout": True,
     "trust_remote_code": False,
 }
-DPO = {"_target_": "dpo_lightning.losses.DPO", "beta": 0.1}
+DPO = {"_target_": "dpo_lightning.losses.dpo.DPO", "beta": 0.1}
 ADAMW = {"_target_": "torch.optim.AdamW", "lr": 1e-2, "warmup_steps": 2}
 
 
@@ -109,7 +110,7 @@ def test_checkpoint_leaves_out_the_reference_and_loads_back(tmp_path):
 
 
 def test_sft_builds_no_reference():
-    module = _module({"_target_": "dpo_lightning.losses.SFT"})
+    module = _module({"_target_": "dpo_lightning.losses.sft.SFT"})
     assert module.reference is None
     loss = module.training_step(collate_padded(random_pairs(2), PAD), 0)
     assert torch.isfinite(loss) and loss > 0
@@ -124,3 +125,13 @@ def test_warmup_schedule_matches_reference_implementation():
         schedule.optimizer.step()
         schedule.step()
     assert rates == [1e-2 * min(1.0, (step + 1) / 3) for step in range(4)]
+
+
+def test_reference_none_builds_no_copy_and_uses_zero_reference_logps():
+    module = DPOLitModule(model=MODEL, loss=DPO, optimizer=ADAMW, reference={"name": "none"})
+    module.configure_model()
+    assert not list(module.reference.parameters())  # no copy of the policy
+    batch = collate_padded(random_pairs(4), PAD)
+    logps, _ = sequence_logprobs(module.policy, batch)
+    expected = -torch.nn.functional.logsigmoid(0.1 * (logps[:4] - logps[4:]))  # π_ref ≡ 1: Δ = π_c − π_r
+    torch.testing.assert_close(module.training_step(batch, 0), expected.mean())

@@ -9,6 +9,8 @@ Sequences are numbered s ∈ [0, 2P): the chosen response of pair k is s = k, th
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +32,8 @@ class Batch:
     target_seqs: [N] the sequence s ∈ [0, 2P) each response token belongs to.
     placeholder: a stand-in batch for a rank that has run out of data while others have not (streaming):
         it goes through the model so that collectives match, but its loss is multiplied by zero.
+    pair_keys: [P] int64 content key of each pair (`pair_key`), whatever the layout; what
+        `reference=precomputed` looks its cached reference log-probs up by.
     """
 
     input_ids: torch.Tensor
@@ -41,11 +45,25 @@ class Batch:
     target_seqs: torch.Tensor
     num_pairs: int
     placeholder: bool = False
+    pair_keys: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
         """Real (non-padding) tokens fed to the model."""
         return int(self.attention_mask.sum())
+
+
+def pair_key(pair: TokenizedPair) -> int:
+    """A 64-bit key of the pair's token ids (blake2b, 8 bytes, as a signed int64): equal ids, equal key.
+
+    The three lengths go first, so the split between prompt, chosen and rejected is part of what is hashed;
+    swapping chosen and rejected changes the key.
+    """
+    ids = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
+    data = array("q", [len(part) for part in ids])
+    for part in ids:
+        data.extend(part)
+    return int.from_bytes(hashlib.blake2b(data.tobytes(), digest_size=8).digest(), "little", signed=True)
 
 
 def collate_padded(pairs: Sequence[TokenizedPair], pad_token_id: int) -> Batch:
@@ -78,6 +96,7 @@ def collate_padded(pairs: Sequence[TokenizedPair], pad_token_id: int) -> Batch:
         target_ids=labels[target_rows, target_positions + 1],
         target_seqs=target_rows.clone(),  # in this layout row r holds sequence r
         num_pairs=len(pairs),
+        pair_keys=torch.tensor([pair_key(pair) for pair in pairs], dtype=torch.long),
     )
 
 

@@ -1,11 +1,14 @@
-"""Direct Preference Optimization (Rafailov et al. 2023, eq. 7)."""
+"""`loss=dpo`: Direct Preference Optimization (Rafailov et al. 2023, eq. 7), the sigmoid (Bradley–Terry) loss."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps
+from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta
 
 
 def dpo_loss(
@@ -38,16 +41,18 @@ def dpo_loss(
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
+@dataclass
 class DPO(Objective):
-    """`loss=dpo`: the sigmoid (Bradley–Terry) DPO objective."""
+    """`loss=dpo`. β: temperature of the implicit reward (paper: 0.1; 0.5 for TL;DR)."""
 
-    needs_reference = True
+    beta: float
+    name: ClassVar[str] = "dpo"
+    reference_free_ok: ClassVar[bool] = True
 
-    def __init__(self, beta: float) -> None:
-        self.beta = beta
+    def __post_init__(self) -> None:
+        check_beta(self.beta)
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None, "DPO needs reference log-probs"
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             policy.chosen, policy.rejected, reference.chosen, reference.rejected, self.beta
         )

@@ -1,0 +1,287 @@
+"""Reference strategies (`reference=`): model (and its dtype), precomputed (the cache), lora, none, sync (TR-DPO)."""
+
+import importlib.util
+
+import lightning as L
+import pytest
+import torch
+from conftest import PAD, random_pairs
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+from test_config import _compose
+from test_module import ADAMW, DPO, MODEL, _fit
+from test_train import SMALL, _summary, train
+from transformers import AutoModelForCausalLM
+
+from dpo_lightning import reference as reference_module
+from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.config import validate_config
+from dpo_lightning.data.collate import collate_padded, placeholder_batch
+from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.export import export_policy
+from dpo_lightning.logprobs import sequence_logprobs
+from dpo_lightning.models import build_model, load_tokenizer
+from dpo_lightning.module import REFERENCE_PREFIX, DPOLitModule
+from dpo_lightning.reference import PrecomputedReference, compute_table, export_model, precompute_reference
+from dpo_lightning.run import build_datamodule
+from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+
+LORA = {
+    "name": "lora",
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "merge_on_export": True},
+}
+needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
+# The sentiment demo, small: 32 training and 8 validation pairs.
+DEMO = ["task.num_train_pairs=32", "task.num_val_pairs=8", "data.eval_batch_size=16"]
+
+
+def _module(reference, model=MODEL) -> DPOLitModule:
+    module = DPOLitModule(model=model, loss=DPO, optimizer=ADAMW, reference=reference)
+    module.configure_model()
+    return module
+
+
+def _cache_file(tmp_path, pairs, model) -> str:
+    """A precomputed cache of `pairs` under `model`, as `precompute_reference` writes it."""
+    table = compute_table(model, [collate_padded(pairs, PAD)], torch.device("cpu"))
+    path = tmp_path / "cache.safetensors"
+    save_file(table, path)
+    return str(path)
+
+
+def _demo(tmp_path, *overrides):
+    """The composed config, data module and (unstarted) CPU trainer of a small sentiment run."""
+    cfg = _compose(["reference=precomputed", f"reference.cache_dir={tmp_path / 'cache'}", *DEMO, *overrides], tmp_path)
+    datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    return cfg, datamodule, trainer
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True)
+
+
+# --- precomputed ----------------------------------------------------------------------------------------
+
+
+def test_precomputed_gives_the_model_loss_and_holds_no_reference_model(tmp_path):
+    cfg, datamodule, trainer = _demo(tmp_path)
+    path = precompute_reference(cfg, datamodule, trainer)
+    modules = {
+        name: _module({"name": name, "cache_file": str(path)}, model=_plain(cfg.model))
+        for name in ("model", "precomputed")
+    }
+    for split in ("train", "validation"):
+        batch = next(iter(datamodule._loader(split, 8, shuffle=True)))
+        losses = {name: module.training_step(batch, 0) for name, module in modules.items()}
+        torch.testing.assert_close(losses["precomputed"], losses["model"], rtol=1e-5, atol=1e-6)
+    precomputed = modules["precomputed"]
+    assert not list(precomputed.reference.parameters()) and not list(precomputed.reference.buffers())
+    assert {id(p) for p in precomputed.parameters()} == {id(p) for p in precomputed.policy.parameters()}
+
+
+def test_cache_is_reused_only_for_the_same_fingerprint(tmp_path, monkeypatch):
+    cfg, datamodule, trainer = _demo(tmp_path)
+    first = precompute_reference(cfg, datamodule, trainer)
+    assert first.parent == tmp_path / "cache"
+    real_compute = reference_module.compute_table
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("recomputed a valid cache")
+
+    monkeypatch.setattr(reference_module, "compute_table", no_compute)
+    assert precompute_reference(cfg, datamodule, trainer) == first  # same fingerprint: reused
+    monkeypatch.setattr(reference_module, "compute_table", real_compute)
+
+    # A tokenization setting and the model's weights (same architecture config, other init seed) are in the key.
+    shorter = precompute_reference(*_demo(tmp_path, "task.max_length=40"))
+    other_model = precompute_reference(*_demo(tmp_path, "model.init_seed=1"))
+    assert len({first, shorter, other_model}) == 3
+    assert all(path.is_file() for path in (first, shorter, other_model))
+
+    # A file under the right name whose stored fingerprint differs is never used: it is recomputed.
+    save_file({"keys": torch.zeros(1, dtype=torch.long)}, first, metadata={"fingerprint": "stale"})
+    assert precompute_reference(cfg, datamodule, trainer) == first
+    assert len(PrecomputedReference(first)._table(torch.device("cpu"))["keys"]) == 40
+
+
+def test_a_pair_missing_from_the_cache_is_an_error(tmp_path):
+    model = build_model(MODEL)
+    reference = PrecomputedReference(_cache_file(tmp_path, random_pairs(4), model))
+    batch = collate_padded(random_pairs(4), PAD)
+    for cached, computed in zip(reference.logprobs(batch), sequence_logprobs(model, batch), strict=True):
+        torch.testing.assert_close(cached, computed)
+    mixed = random_pairs(4)[:2] + random_pairs(2, seed=1)
+    with pytest.raises(DataError, match=r"2 of 4 pairs of this batch are not in the reference cache"):
+        reference.logprobs(collate_padded(mixed, PAD))
+    logps, _ = reference.logprobs(placeholder_batch(PAD))  # a rank out of streaming data: no lookup
+    assert torch.equal(logps, torch.zeros(2))
+
+
+# --- lora -----------------------------------------------------------------------------------------------
+
+
+@needs_peft
+def test_lora_reference_is_the_base_model_before_and_after_training(tmp_path):
+    from peft import PeftModel
+
+    module = _module(LORA)
+    base = build_model(MODEL)
+    batch = collate_padded(random_pairs(4, seed=3), PAD)
+    base_logps = sequence_logprobs(base, batch)[0]
+    torch.testing.assert_close(module.reference.logprobs(batch)[0], base_logps)
+    assert not list(module.reference.parameters())  # no second copy
+
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    adapters = {id(p) for name, p in module.policy.named_parameters() if "lora_" in name}
+    assert adapters and optimized == adapters
+
+    _fit(module, tmp_path, steps=2)
+    with torch.no_grad():
+        policy_logps = sequence_logprobs(module.policy, batch)[0]
+    assert not torch.allclose(policy_logps, base_logps)
+    torch.testing.assert_close(module.reference.logprobs(batch)[0], base_logps)
+
+    merged = export_model(module.policy, LORA)  # a merged copy, saved as a plain model that the Auto classes load
+    assert not isinstance(merged, PeftModel) and isinstance(module.policy, PeftModel)
+    folder = export_policy(merged, load_tiny_tokenizer(), tmp_path / "policy")
+    with torch.no_grad():
+        exported = sequence_logprobs(AutoModelForCausalLM.from_pretrained(folder, local_files_only=True), batch)[0]
+    torch.testing.assert_close(exported, policy_logps, rtol=1e-5, atol=1e-4)
+    adapters_only = {**LORA, "lora": {**LORA["lora"], "merge_on_export": False}}
+    assert export_model(module.policy, adapters_only) is module.policy
+
+
+# --- sync (TR-DPO) --------------------------------------------------------------------------------------
+
+
+def test_sync_mixes_alpha_policy_into_the_reference_every_n_steps(tmp_path):
+    alpha = 0.25
+    module = _module({"name": "sync", "alpha": alpha, "every_n_steps": 2})
+    records, mix = [], module.reference.after_optimizer_step
+
+    def record(policy, step):  # the weights the hook sees after each optimizer step, before it mixes them
+        clone = lambda model: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
+        records.append((step, clone(policy), clone(module.reference.model)))
+        mix(policy, step)
+
+    module.reference.after_optimizer_step = record
+    _fit(module, tmp_path, steps=5)
+    final = {k: v.detach().clone() for k, v in module.reference.model.named_parameters()}
+    states = [reference for _, _, reference in records[1:]] + [final]
+    for (step, policy, before), after in zip(records, states, strict=True):
+        for name, value in before.items():
+            expected = alpha * policy[name] + (1 - alpha) * value if step % 2 == 0 else value
+            torch.testing.assert_close(after[name], expected, rtol=1e-6, atol=1e-7)
+    assert [step for step, _, _ in records] == [1, 2, 3, 4, 5] and int(module.reference.syncs) == 2
+
+    # The hook runs once per micro-batch: a step seen again (gradient accumulation) mixes nothing more.
+    mix(module.policy, 4)
+    assert all(torch.equal(v, final[k]) for k, v in module.reference.model.named_parameters())
+
+
+def test_sync_reference_survives_a_checkpoint_round_trip(tmp_path):
+    config = {"name": "sync", "alpha": 1.0, "every_n_steps": 2}
+    module = _module(config)
+    trainer = _fit(module, tmp_path, steps=3)
+    path = tmp_path / "sync.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert int(saved[REFERENCE_PREFIX + "syncs"]) == 1
+
+    restored = _module(config)
+    restored.on_load_checkpoint({"state_dict": saved})
+    restored.load_state_dict(saved, strict=True)
+    initial = _module(config).reference.state_dict()
+    trained = module.reference.state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)  # the hard update happened
+    assert all(torch.equal(v, trained[k]) for k, v in restored.reference.state_dict().items())
+
+
+# --- model, and every strategy --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_model_reference_dtype_holds_its_own_weights_and_gives_float32_logprobs(dtype):
+    module = _module({"name": "model", "dtype": dtype})
+    assert {p.dtype for p in module.reference.parameters()} == {getattr(torch, dtype)}
+    assert {p.dtype for p in module.policy.parameters()} == {torch.float32}
+    policy_storage = {p.data_ptr() for p in module.policy.parameters()}
+    assert not policy_storage & {p.data_ptr() for p in module.reference.parameters()}  # a copy, even in float32
+    batch = collate_padded(random_pairs(4), PAD)
+    logps, _ = module.reference.logprobs(batch)
+    assert logps.dtype == torch.float32
+    torch.testing.assert_close(logps, sequence_logprobs(module.policy, batch)[0], rtol=0.05, atol=0.5)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "model"},
+        {"name": "model", "dtype": "bfloat16"},
+        {"name": "precomputed"},
+        pytest.param(LORA, marks=needs_peft),
+        {"name": "none"},
+        {"name": "sync", "alpha": 0.5, "every_n_steps": 1},
+    ],
+    ids=["model", "model-bf16", "precomputed", "lora", "none", "sync"],
+)
+def test_gradients_never_reach_the_reference(strategy, tmp_path):
+    if strategy["name"] == "precomputed":
+        strategy = {**strategy, "cache_file": _cache_file(tmp_path, random_pairs(4), build_model(MODEL))}
+    module = _module(strategy)
+    batch = collate_padded(random_pairs(4), PAD)
+    assert not module.reference.logprobs(batch)[0].requires_grad
+    module.training_step(batch, 0).backward()
+    assert all(p.grad is None for p in module.reference.parameters())
+    frozen = [p for name, p in module.policy.named_parameters() if strategy["name"] == "lora" and "lora_" not in name]
+    assert all(p.grad is None and not p.requires_grad for p in frozen)  # lora: the reference's (base) weights
+    assert any(p.grad is not None for p in module.policy.parameters())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["reference.name=frozen"], "reference.name: must be one of model, precomputed, lora, none, sync"),
+        (["reference=sync", "reference.alpha=1.5"], "reference.alpha: must be in [0, 1]"),
+        (["reference=sync", "reference.every_n_steps=0"], "reference.every_n_steps: must be an integer ≥ 1"),
+        (["reference=sync", "+reference.cache_dir=cache"], "reference.cache_dir: is not a key of reference=sync"),
+        (["reference.dtype=float8"], "reference.dtype: must be null (the policy's) or one of"),
+        (["reference=lora", "reference.lora.r=0"], "reference.lora.r: must be an integer ≥ 1"),
+    ],
+)
+def test_bad_reference_config_fails_in_one_line(overrides, message, tmp_path):
+    cfg = _compose(overrides, tmp_path)
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_lora_without_peft_fails_in_one_line(tmp_path, monkeypatch):
+    cfg = _compose(["reference=lora"], tmp_path)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real_find_spec(name))
+    with pytest.raises(ConfigError, match=r"^reference: reference=lora needs the peft package"):
+        validate_config(cfg)
+
+
+# --- end to end -----------------------------------------------------------------------------------------
+
+OPTIONS = sorted(path.stem for path in (CONF_DIR / "reference").glob("*.yaml"))
+
+
+def test_every_reference_option_trains_two_steps_end_to_end(tmp_path):
+    options = [name for name in OPTIONS if name != "lora" or importlib.util.find_spec("peft") is not None]
+    steps = ["task.num_train_pairs=32", "task.num_val_pairs=8", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    result = train("-m", f"reference={','.join(options)}", *SMALL, *steps, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, name in enumerate(options):  # one process, one job per option, in sweep order
+        run_dir = tmp_path / str(job)
+        summary = _summary(run_dir)
+        assert summary["config"]["reference"]["name"] == name
+        assert summary["status"] == "completed" and summary["global_step"] == 2, name
+        saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert any(k.startswith(REFERENCE_PREFIX) for k in saved) == (name == "sync"), name
+        caches = list((run_dir / "reference_cache").glob("*.safetensors"))
+        assert len(caches) == (name == "precomputed"), name
