@@ -18,13 +18,12 @@ constant 1 to the paper's eqs. 7–8 (so the losses lie in [0, 2]); the gradient
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, dpo_rewards, logratios
+from dpo_lightning.losses.base import TwoTermObjective
 
 
 def apo_zero_loss(
@@ -78,24 +77,7 @@ def apo_down_loss(
 
 
 @dataclass
-class Anchored(Objective):
-    """An APO objective: `loss_terms` (apo_zero_loss or apo_down_loss) with the DPO rewards and its two terms logged
-    as `chosen_loss` and `rejected_loss` (batch means)."""
-
-    beta: float
-    loss_terms: ClassVar[Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
-
-    def __post_init__(self) -> None:
-        check_beta(self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        losses, chosen_losses, rejected_losses = type(self).loss_terms(*logratios(policy, reference), self.beta)
-        metrics = {"chosen_loss": chosen_losses.detach().mean(), "rejected_loss": rejected_losses.detach().mean()}
-        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta), metrics)
-
-
-@dataclass
-class APOZero(Anchored):
+class APOZero(TwoTermObjective):
     """`loss=apo_zero`: chosen up, rejected down; for chosen outputs better than the model's.
 
     beta: temperature β > 0 of the rewards (the top-level `beta`; the paper: 0.1).
@@ -106,7 +88,7 @@ class APOZero(Anchored):
 
 
 @dataclass
-class APODown(Anchored):
+class APODown(TwoTermObjective):
     """`loss=apo_down`: chosen down, rejected further down; for a model better than the chosen outputs.
 
     beta: temperature β > 0 of the rewards (the top-level `beta`; the paper: 0.1).

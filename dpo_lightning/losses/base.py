@@ -12,7 +12,9 @@ configured `Objective`. Notation used in every loss file, for P pairs:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -108,3 +110,66 @@ def check_range(key: str, value: float, low: float, high: float, high_inclusive:
         bracket = "]" if high_inclusive else ")"
         raise ConfigError(f"loss.{key}", f"must be in [{low}, {high}{bracket}, got {value}")
     return value
+
+
+@dataclass
+class MarginObjective(Objective):
+    """An objective of the margin Δ alone, `margin_loss(Δ, β, *hyperparameters)`, logging the DPO rewards.
+
+    A subclass sets `name`, `reference_free_ok`, `margin_loss` (its file's pure loss function of the [P] margins)
+    and `loss_args`: the names of its own hyperparameter fields that `margin_loss` takes after β, in that order.
+    A subclass with hyperparameters checks them in `__post_init__` after calling this one (which checks β).
+
+    beta: temperature β > 0 (the top-level `beta`).
+    """
+
+    beta: float
+    margin_loss: ClassVar[Callable[..., torch.Tensor]]
+    loss_args: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        check_beta(self.beta)
+
+    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        chosen, rejected = logratios(policy, reference)
+        hyperparameters = (getattr(self, key) for key in self.loss_args)
+        losses = type(self).margin_loss(chosen - rejected, self.beta, *hyperparameters)
+        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta))
+
+
+@dataclass
+class LabelSmoothedMarginObjective(MarginObjective):
+    """A `MarginObjective` whose loss also takes a label-flip probability ε ∈ [0, 0.5) (0: DPO).
+
+    label_smoothing: ε, `loss.label_smoothing`.
+    """
+
+    label_smoothing: float = 0.1
+    loss_args: ClassVar[tuple[str, ...]] = ("label_smoothing",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+
+
+@dataclass
+class TwoTermObjective(Objective):
+    """An objective that scores the chosen and the rejected response each on its own: a chosen term plus a rejected
+    term, `loss_terms(π_c − ref_c, π_r − ref_r, β) → (losses, chosen_losses, rejected_losses)`.
+
+    Logs the DPO rewards and the batch means of the two terms as `chosen_loss` and `rejected_loss`. A subclass sets
+    `name` and `loss_terms` (its file's pure loss function).
+
+    beta: temperature β > 0 (the top-level `beta`).
+    """
+
+    beta: float
+    loss_terms: ClassVar[Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+
+    def __post_init__(self) -> None:
+        check_beta(self.beta)
+
+    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        losses, chosen_losses, rejected_losses = type(self).loss_terms(*logratios(policy, reference), self.beta)
+        metrics = {"chosen_loss": chosen_losses.detach().mean(), "rejected_loss": rejected_losses.detach().mean()}
+        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta), metrics)

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, check_range, dpo_rewards, logratios
+from dpo_lightning.losses.base import LabelSmoothedMarginObjective
 
 
 def cdpo_loss(margins: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -39,23 +39,14 @@ def cdpo_loss(margins: torch.Tensor, beta: float, label_smoothing: float) -> tor
 
 
 @dataclass
-class CDPO(Objective):
+class CDPO(LabelSmoothedMarginObjective):
     """`loss=cdpo`: DPO with label smoothing; also runs reference-free (`reference=none`).
 
     beta: temperature β > 0 (the top-level `beta`).
-    label_smoothing: ε ∈ [0, 0.5), assumed share of flipped labels (0 is DPO; the note fixes no default).
+    label_smoothing: ε ∈ [0, 0.5), assumed share of flipped labels (default 0.1; 0 is DPO; the note fixes no
+        default).
     """
 
-    beta: float
-    label_smoothing: float = 0.1
     name: ClassVar[str] = "cdpo"
     reference_free_ok: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        check_beta(self.beta)
-        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)
-        losses = cdpo_loss(chosen - rejected, self.beta, self.label_smoothing)
-        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta))
+    margin_loss = cdpo_loss

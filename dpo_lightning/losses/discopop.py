@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, dpo_rewards, logratios
+from dpo_lightning.losses.base import MarginObjective
 
 
 def discopop_loss(margins: torch.Tensor, beta: float, tau: float) -> torch.Tensor:
@@ -51,24 +51,19 @@ def discopop_loss(margins: torch.Tensor, beta: float, tau: float) -> torch.Tenso
 
 
 @dataclass
-class DiscoPOP(Objective):
+class DiscoPOP(MarginObjective):
     """`loss=discopop`.
 
     beta: temperature β > 0 (the top-level `beta`; the paper uses 0.05).
     tau: τ > 0, temperature of the logistic/exponential mixing weight (paper and TRL: 0.05).
     """
 
-    beta: float
     tau: float = 0.05
     name: ClassVar[str] = "discopop"
+    margin_loss = discopop_loss
+    loss_args: ClassVar[tuple[str, ...]] = ("tau",)
 
     def __post_init__(self) -> None:
-        check_beta(self.beta)
+        super().__post_init__()
         if not self.tau > 0:
             raise ConfigError("loss.tau", f"must be > 0, got {self.tau}")
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)
-        return LossOutput(
-            discopop_loss(chosen - rejected, self.beta, self.tau), *dpo_rewards(policy, reference, self.beta)
-        )

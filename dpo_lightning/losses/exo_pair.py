@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, dpo_rewards, logratios
+from dpo_lightning.losses.base import MarginObjective
 
 
 def exo_pair_loss(margins: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -46,23 +46,19 @@ def exo_pair_loss(margins: torch.Tensor, beta: float, label_smoothing: float) ->
 
 
 @dataclass
-class EXOPair(Objective):
+class EXOPair(MarginObjective):
     """`loss=exo_pair`.
 
     beta: temperature β > 0 (the top-level `beta`; the paper's β_r, 0.1 there).
     label_smoothing: ε ∈ (0, 0.5) of the target distribution (TRL's default 1e-3).
     """
 
-    beta: float
     label_smoothing: float = 1e-3
     name: ClassVar[str] = "exo_pair"
+    margin_loss = exo_pair_loss
+    loss_args: ClassVar[tuple[str, ...]] = ("label_smoothing",)
 
     def __post_init__(self) -> None:
-        check_beta(self.beta)
+        super().__post_init__()
         if not 0 < self.label_smoothing < 0.5:
             raise ConfigError("loss.label_smoothing", f"must be in (0, 0.5), got {self.label_smoothing}")
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)
-        losses = exo_pair_loss(chosen - rejected, self.beta, self.label_smoothing)
-        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta))

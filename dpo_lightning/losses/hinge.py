@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, dpo_rewards, logratios
+from dpo_lightning.losses.base import MarginObjective
 
 
 def hinge_loss(margins: torch.Tensor, beta: float) -> torch.Tensor:
@@ -41,19 +41,12 @@ def hinge_loss(margins: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 @dataclass
-class Hinge(Objective):
+class Hinge(MarginObjective):
     """`loss=hinge`; also runs reference-free (`reference=none`), which is SLiC's calibration loss.
 
     beta: inverse margin β > 0 (the top-level `beta`): pairs with Δ ≥ 1/β give no gradient.
     """
 
-    beta: float
     name: ClassVar[str] = "hinge"
     reference_free_ok: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        check_beta(self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)
-        return LossOutput(hinge_loss(chosen - rejected, self.beta), *dpo_rewards(policy, reference, self.beta))
+    margin_loss = hinge_loss

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, dpo_rewards, logratios
+from dpo_lightning.losses.base import LossOutput, MarginObjective, PairLogps
 
 
 def ipo_loss(margins: torch.Tensor, beta: float) -> torch.Tensor:
@@ -47,23 +47,19 @@ def per_token(logps: PairLogps) -> PairLogps:
 
 
 @dataclass
-class IPO(Objective):
+class IPO(MarginObjective):
     """`loss=ipo`; also runs reference-free (`reference=none`).
 
     beta: regularisation β > 0 (the top-level `beta`; the paper's τ).
     length_normalized: per-token mean log-probs (TRL) instead of sums (reference implementation, default).
     """
 
-    beta: float
     length_normalized: bool = False
     name: ClassVar[str] = "ipo"
     reference_free_ok: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        check_beta(self.beta)
+    margin_loss = ipo_loss
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         if self.length_normalized:
             policy, reference = per_token(policy), per_token(reference)
-        chosen, rejected = logratios(policy, reference)
-        return LossOutput(ipo_loss(chosen - rejected, self.beta), *dpo_rewards(policy, reference, self.beta))
+        return super().__call__(policy, reference)

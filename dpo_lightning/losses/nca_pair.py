@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, dpo_rewards, logratios
+from dpo_lightning.losses.base import TwoTermObjective
 
 
 def nca_pair_loss(
@@ -49,19 +49,11 @@ def nca_pair_loss(
 
 
 @dataclass
-class NCAPair(Objective):
+class NCAPair(TwoTermObjective):
     """`loss=nca_pair`. beta: temperature β > 0 of the rewards (the top-level `beta`; the paper's α, 0.01 there).
 
     Logged terms: `chosen_loss` and `rejected_loss`, the batch means of the two terms.
     """
 
-    beta: float
     name: ClassVar[str] = "nca_pair"
-
-    def __post_init__(self) -> None:
-        check_beta(self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        losses, chosen_losses, rejected_losses = nca_pair_loss(*logratios(policy, reference), self.beta)
-        metrics = {"chosen_loss": chosen_losses.detach().mean(), "rejected_loss": rejected_losses.detach().mean()}
-        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta), metrics)
+    loss_terms = nca_pair_loss

@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, check_range, dpo_rewards, logratios
+from dpo_lightning.losses.base import LabelSmoothedMarginObjective
 
 
 def robust_loss(margins: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -46,23 +46,13 @@ def robust_loss(margins: torch.Tensor, beta: float, label_smoothing: float) -> t
 
 
 @dataclass
-class Robust(Objective):
+class Robust(LabelSmoothedMarginObjective):
     """`loss=robust`: DPO de-biased for a known label-flip rate; also runs reference-free (`reference=none`).
 
     beta: temperature β > 0 (the top-level `beta`; the paper: 0.01).
-    label_smoothing: ε ∈ [0, 0.5), the label-flip rate (the paper: 0.1; 0 is DPO).
+    label_smoothing: ε ∈ [0, 0.5), the label-flip rate (default 0.1, the paper's; 0 is DPO).
     """
 
-    beta: float
-    label_smoothing: float = 0.1
     name: ClassVar[str] = "robust"
     reference_free_ok: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        check_beta(self.beta)
-        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)
-        losses = robust_loss(chosen - rejected, self.beta, self.label_smoothing)
-        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta))
+    margin_loss = robust_loss

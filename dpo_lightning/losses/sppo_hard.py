@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, check_beta, dpo_rewards, logratios
+from dpo_lightning.losses.base import TwoTermObjective
 
 
 def sppo_hard_loss(
@@ -49,19 +49,11 @@ def sppo_hard_loss(
 
 
 @dataclass
-class SPPOHard(Objective):
+class SPPOHard(TwoTermObjective):
     """`loss=sppo_hard`. beta: β > 0 (the top-level `beta`), targets ±1/(2β) for the log-ratios.
 
     Logged terms: `chosen_loss` and `rejected_loss`, the batch means of the two squared errors.
     """
 
-    beta: float
     name: ClassVar[str] = "sppo_hard"
-
-    def __post_init__(self) -> None:
-        check_beta(self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        losses, chosen_losses, rejected_losses = sppo_hard_loss(*logratios(policy, reference), self.beta)
-        metrics = {"chosen_loss": chosen_losses.detach().mean(), "rejected_loss": rejected_losses.detach().mean()}
-        return LossOutput(losses, *dpo_rewards(policy, reference, self.beta), metrics)
+    loss_terms = sppo_hard_loss
