@@ -148,9 +148,15 @@ def check_parallel_config(cfg: DictConfig) -> None:
             )
     if not is_fsdp(trainer):
         return
+    if cfg.reference.get("name") == "lora":
+        raise ConfigError(
+            "reference",
+            "reference=lora is not supported with trainer=fsdp (sharding a PEFT model is untested here); "
+            "use trainer=ddp, whose per-device memory LoRA already cuts to one copy of the frozen base",
+        )
     if precision not in FSDP_PRECISIONS:
         raise ConfigError("trainer.precision", f"trainer=fsdp supports {', '.join(FSDP_PRECISIONS)}, got {precision!r}")
-    if model.get("block_class") is None and model.get("name_or_path") is None:
+    if model.get("block_class") is None and model.get("name_or_path") is None and model.get("init_from") is None:
         raise ConfigError(
             "model.block_class",
             f"trainer=fsdp shards per transformer block: name the block class of the random-init "

@@ -24,7 +24,7 @@ from dpo_lightning.export import RunSummary, export_policy
 from dpo_lightning.models import load_tokenizer
 from dpo_lightning.module import DPOLitModule
 from dpo_lightning.parallel import full_state_dict
-from dpo_lightning.reference import precompute_reference
+from dpo_lightning.reference import export_model, precompute_reference
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,16 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             logger.log_hyperparams(_plain(cfg))
         if cfg.reference.name == "precomputed" and module.objective.needs_reference:  # before fit: see reference.py
             module.reference_config["cache_file"] = str(precompute_reference(cfg, datamodule, trainer))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))  # +ckpt_path=…/last.ckpt resumes
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)  # null: a fresh start
         train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         trainer.validate(module, datamodule=datamodule, verbose=False)
         summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report())
         policy_state = full_state_dict(module.policy)  # trainer=fsdp: gathered from the shards (every rank)
         if trainer.is_global_zero:
-            summary.update(policy=str(export_policy(module.policy, tokenizer, output_dir / "policy", policy_state)))
+            exported = export_model(module.policy, cfg.reference)  # reference=lora: merged, or the adapters only
+            folder = export_policy(exported, tokenizer, output_dir / "policy", policy_state)
+            summary.update(policy=str(folder))
             _report(summary.content["metrics"], trainer.global_step, output_dir)
     except BaseException as error:
         summary.fail(error)

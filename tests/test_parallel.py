@@ -349,7 +349,7 @@ def test_fsdp_resumes_from_the_sharded_last_checkpoint_to_the_same_weights(tmp_p
     _completed(train(*FSDP_SMALL, "trainer.max_epochs=1", run_dir=first), first, 2)
     last = first / "checkpoints" / "last.ckpt"
     assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2  # one shard per rank
-    ckpt = f"+ckpt_path={last}"
+    ckpt = f"ckpt_path={last}"
     _completed(train(*FSDP_SMALL, "trainer.max_epochs=2", ckpt, run_dir=resumed), resumed, 4)
     _completed(train(*FSDP_SMALL, "trainer.max_epochs=2", run_dir=straight), straight, 4)
     _assert_same_weights(resumed, straight, rtol=0, atol=0)
@@ -461,6 +461,7 @@ def test_slurm_script_is_valid_bash():
             ["trainer=fsdp", "trainer.precision=16-mixed"],
             "trainer.precision: trainer=fsdp supports 32-true, bf16-mixed, bf16-true, 16-true, got '16-mixed'",
         ),
+        (["trainer=fsdp", "reference=lora"], "reference: reference=lora is not supported with trainer=fsdp"),
         (["trainer.precision=bf17"], "trainer.precision: must be one of 32-true, bf16-mixed, bf16-true, 16-mixed"),
         (
             ["model.activation_checkpointing=maybe"],

@@ -151,6 +151,9 @@ def test_lora_reference_is_the_base_model_before_and_after_training(tmp_path):
     torch.testing.assert_close(exported, policy_logps, rtol=1e-5, atol=1e-4)
     adapters_only = {**LORA, "lora": {**LORA["lora"], "merge_on_export": False}}
     assert export_model(module.policy, adapters_only) is module.policy
+    folder = export_policy(export_model(module.policy, adapters_only), load_tiny_tokenizer(), tmp_path / "adapters")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in folder.iterdir()}
+    assert not (folder / "model.safetensors").exists()
 
 
 # --- sync (TR-DPO) --------------------------------------------------------------------------------------
@@ -285,3 +288,6 @@ def test_every_reference_option_trains_two_steps_end_to_end(tmp_path):
         assert any(k.startswith(REFERENCE_PREFIX) for k in saved) == (name == "sync"), name
         caches = list((run_dir / "reference_cache").glob("*.safetensors"))
         assert len(caches) == (name == "precomputed"), name
+        policy = AutoModelForCausalLM.from_pretrained(run_dir / "policy", local_files_only=True)  # lora: merged
+        assert not any("lora_" in key for key in policy.state_dict()), name
+        assert not (run_dir / "policy" / "adapter_config.json").exists(), name
