@@ -35,7 +35,9 @@ def _train(cfg: DictConfig) -> None:
         logging.getLogger(name).propagate = True
 
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        runtime = HydraConfig.get().runtime
+        choices = {group: option for group, option in runtime.choices.items() if not group.startswith("hydra")}
+        run(cfg, Path(runtime.output_dir), choices)
     except (ConfigError, DataError) as error:
         _fail(error)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
@@ -25,6 +27,8 @@ TASK_DATA_KEYS: tuple[str, ...] = (
     "streaming",
     "shuffle_buffer",
 )
+# Keys of a task config that configure evaluation (the task's ground-truth reward, `reward/` group).
+TASK_EVAL_KEYS: tuple[str, ...] = ("reward",)
 # Parameter dtypes a model config may ask for (names of torch dtypes).
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 # Ways to hold the reference model (`conf/reference/<name>.yaml`, `dpo_lightning.reference`), and their keys.
@@ -37,6 +41,12 @@ REFERENCE_KEYS: dict[str, tuple[str, ...]] = {
     "sync": ("alpha", "every_n_steps"),
 }
 LORA_KEYS: tuple[str, ...] = ("r", "alpha", "dropout", "target_modules", "merge_on_export")
+
+
+def source_arguments(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of a task's source class: its config minus `_target_`, the tokenization keys and the
+    evaluation keys."""
+    return {k: v for k, v in task.items() if k not in (*TASK_DATA_KEYS, *TASK_EVAL_KEYS, "_target_")}
 
 
 def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
@@ -82,6 +92,7 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.beta > 0, "beta", f"must be > 0, got {cfg.beta}")
     check_parallel_config(cfg)
     check_loss_config(cfg)
+    check_samples_config(cfg.samples)
     task = cfg.task
     _require(task.max_length >= 2, "task.max_length", f"must be ≥ 2, got {task.max_length}")
     _require(
@@ -113,8 +124,23 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
 
 
+def init_from_folder(init_from: str | os.PathLike) -> Path:
+    """The Hugging Face model folder named by `model.init_from`: a run folder (its `policy/`) or the model
+    folder itself; a ConfigError naming the key if neither holds a `config.json`."""
+    path = Path(init_from).expanduser()
+    for folder in (path / "policy", path):
+        if (folder / "config.json").is_file():
+            return folder
+    raise ConfigError(
+        "model.init_from",
+        f"{path} is neither a run folder with policy/ nor a model folder (no config.json in either)",
+    )
+
+
 def check_model_config(model: DictConfig) -> None:
     """Checks of `model/` keys that need no model, tokenizer or network."""
+    if model.get("init_from") is not None:
+        init_from_folder(model.init_from)
     for key in ("block_class", "pad_token"):
         value = model.get(key)
         _require(
@@ -127,6 +153,18 @@ def check_model_config(model: DictConfig) -> None:
         "model.disable_dropout",
         f"must be true or false, got {model.get('disable_dropout')!r}",
     )
+
+
+def check_samples_config(samples: DictConfig) -> None:
+    """Checks of the `samples` keys (validation-time sampling)."""
+    for key, low in (("num_prompts", 0), ("max_new_tokens", 1), ("batch_size", 1)):
+        value = samples[key]
+        _require(
+            isinstance(value, int) and value >= low, f"samples.{key}", f"must be an integer ≥ {low}, got {value!r}"
+        )
+    _require(samples.temperature >= 0, "samples.temperature", f"must be ≥ 0 (0: greedy), got {samples.temperature}")
+    _require(0 < samples.top_p <= 1, "samples.top_p", f"must be in (0, 1], got {samples.top_p}")
+    _require(isinstance(samples.kl, bool), "samples.kl", f"must be true or false, got {samples.kl!r}")
 
 
 def check_loss_config(cfg: DictConfig) -> None:

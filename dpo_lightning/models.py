@@ -2,7 +2,9 @@
 
 A model config either names pretrained weights (`name_or_path`: a hub id or a local folder) or, for
 `model=tiny`, describes a small random-init model (`architecture` + `config`) seeded by `init_seed`, which
-uses the tokenizer the project ships. Nothing here touches the network unless `name_or_path` is a hub id.
+uses the tokenizer the project ships. `init_from` (a run folder or model folder, e.g. the SFT run's) overrides
+both: weights, config and tokenizer come from there, and the reference starts as the same model. Nothing here
+touches the network unless `name_or_path` is a hub id.
 `model.pad_token` says what pads batches (`load_tokenizer`); `model.block_class` names the transformer block,
 the unit of sharding and activation checkpointing (`transformer_blocks`).
 """
@@ -22,11 +24,19 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from dpo_lightning.config import DTYPE_NAMES
+from dpo_lightning.config import DTYPE_NAMES, init_from_folder
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+def weights_source(model: Mapping[str, Any]) -> str | None:
+    """Where the initial weights come from: `model.init_from` (a run folder's `policy/`, or a model folder —
+    the SFT stage of the paper's pipeline), else `model.name_or_path`; None: the random-init model."""
+    if model.get("init_from") is not None:
+        return str(init_from_folder(model["init_from"]))
+    return model.get("name_or_path")
 
 
 def load_tokenizer(model: Mapping[str, Any]) -> PreTrainedTokenizerBase:
@@ -36,11 +46,12 @@ def load_tokenizer(model: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     A token string: pad with that token, which must already be in the vocabulary (a new token would need a
     new embedding row).
     """
-    if model.get("name_or_path") is None:
+    source = weights_source(model)
+    if source is None:
         tokenizer = load_tiny_tokenizer()
     else:
         tokenizer = AutoTokenizer.from_pretrained(
-            model.get("tokenizer") or model["name_or_path"], trust_remote_code=model["trust_remote_code"]
+            model.get("tokenizer") or source, trust_remote_code=model["trust_remote_code"]
         )
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {model['name']} has no EOS token; DPO appends EOS to every response")
@@ -77,14 +88,15 @@ def build_model(model: Mapping[str, Any]) -> PreTrainedModel:
     `model.activation_checkpointing`."""
     dtype = DTYPES[model["dtype"]]
     options = {"attn_implementation": model["attn_implementation"], "trust_remote_code": model["trust_remote_code"]}
-    if model.get("name_or_path") is not None:
-        config = AutoConfig.from_pretrained(model["name_or_path"], **options)
+    source = weights_source(model)
+    if source is not None:
+        config = AutoConfig.from_pretrained(source, **options)
     else:
         config = AutoConfig.for_model(model["architecture"], **model["config"], **options)
     if model["disable_dropout"]:
         config = without_dropout(config)
-    if model.get("name_or_path") is not None:
-        built = AutoModelForCausalLM.from_pretrained(model["name_or_path"], config=config, dtype=dtype, **options)
+    if source is not None:
+        built = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **options)
     else:
         with torch.random.fork_rng(devices=[]):  # same weights for the same init_seed, whatever the global seed
             torch.manual_seed(model["init_seed"])

@@ -8,8 +8,9 @@ Chosen and rejected sequences go through the policy in one forward (the batch ho
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -22,9 +23,10 @@ from dpo_lightning.losses.base import Objective, PairLogps, TokenLogps
 from dpo_lightning.metrics import preference_metrics
 from dpo_lightning.models import build_model
 from dpo_lightning.parallel import shard_causal_lm
-from dpo_lightning.reference import FrozenReference, Reference, build_reference
+from dpo_lightning.reference import FrozenReference, Reference, build_reference, evaluation_reference
 
 REFERENCE_PREFIX = "reference."  # state-dict keys of the frozen reference, kept out of checkpoints
+KL_REFERENCE_PREFIX = "kl_reference."  # state-dict keys of the evaluation-only copy, kept out too
 
 # The frozen reference is in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -47,6 +49,9 @@ class DPOLitModule(L.LightningModule):
             `warmup_steps` for the linear learning-rate warm-up.
         reference: the `reference/` config, how π_ref is held (`dpo_lightning.reference`; default: a frozen
             copy of the initial policy). Objectives that need no reference never build or run one.
+        kl_reference: also make sure a reference model exists for evaluation (sampling, KL of samples):
+            where the strategy or the objective holds none, keep a frozen copy of the initial policy
+            (`reference.evaluation_reference`); it never takes part in training.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class DPOLitModule(L.LightningModule):
         loss: Mapping[str, Any],
         optimizer: Mapping[str, Any],
         reference: Mapping[str, Any] | None = None,
+        kl_reference: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +68,7 @@ class DPOLitModule(L.LightningModule):
         self.reference_config = dict(reference or {"name": "model"})
         self.policy: torch.nn.Module | None = None
         self.reference: Reference | None = None
+        self.kl_reference: Reference | None = None  # evaluation only; None: `self.reference` serves
 
     def configure_model(self) -> None:
         """Build the policy (and the reference, if the objective needs one) once; under `trainer=fsdp`
@@ -73,11 +80,24 @@ class DPOLitModule(L.LightningModule):
         self.policy, self.reference = build_reference(
             self.reference_config, self.policy, needed=self.objective.needs_reference
         )
+        if self.hparams.kl_reference:
+            self.kl_reference = evaluation_reference(self.reference_config, self.policy, self.reference)
         if self.device_mesh is not None:
             mesh, block_class = self.device_mesh["data_parallel"], self.hparams.model.get("block_class")
             shard_causal_lm(self.policy, mesh, block_class)
-            if isinstance(self.reference, FrozenReference):
-                shard_causal_lm(self.reference.model, mesh, block_class)
+            for reference in (self.reference, self.kl_reference):
+                if isinstance(reference, FrozenReference):
+                    shard_causal_lm(reference.model, mesh, block_class)
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module | None]:
+        """The reference as a causal LM, for sampling and for scoring samples (None: no model holds it)."""
+        reference = self.kl_reference or self.reference
+        if reference is None:
+            yield None
+            return
+        with reference.as_model() as model:
+            yield model
 
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
         token_logps = token_logprobs(self.policy, batch)  # [N]
@@ -125,15 +145,24 @@ class DPOLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the frozen reference out of checkpoints: it is rebuilt from its source on load — unless its
         weights change during training (`reference.in_checkpoint`: `reference=sync`), which must be saved."""
-        if self.reference is not None and self.reference.in_checkpoint:
-            return
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
-            del state[key]
+        for prefix in self._rebuilt_prefixes():
+            for key in [k for k in state if k.startswith(prefix)]:
+                del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt reference's weights back so that strict loading still checks the policy (a saved
         reference, `in_checkpoint`, loads from the checkpoint instead; a sharded checkpoint, `trainer=fsdp`, is
         already loaded by `parallel.FSDP2Strategy` and has no `state_dict` here)."""
-        if self.reference is not None and not self.reference.in_checkpoint and "state_dict" in checkpoint:
-            checkpoint["state_dict"].update({REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()})
+        if "state_dict" not in checkpoint:
+            return
+        for prefix in self._rebuilt_prefixes():
+            reference = self.reference if prefix == REFERENCE_PREFIX else self.kl_reference
+            checkpoint["state_dict"].update({prefix + k: v for k, v in reference.state_dict().items()})
+
+    def _rebuilt_prefixes(self) -> list[str]:
+        """State-dict prefixes of frozen models that are rebuilt from their source rather than checkpointed."""
+        prefixes = [KL_REFERENCE_PREFIX] if self.kl_reference is not None else []
+        if self.reference is not None and not self.reference.in_checkpoint:
+            prefixes.append(REFERENCE_PREFIX)
+        return prefixes

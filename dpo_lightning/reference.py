@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,11 @@ class Reference(nn.Module):
     def after_optimizer_step(self, policy: nn.Module, step: int) -> None:
         """Called after every optimizer step with the updated policy (most strategies ignore it)."""
 
+    @contextlib.contextmanager
+    def as_model(self) -> Iterator[nn.Module | None]:
+        """The reference as a causal LM in eval mode, to sample from (None: this strategy holds no model)."""
+        yield None
+
     def train(self, mode: bool = True) -> Reference:
         """Stay in eval mode whatever the caller asks."""
         return super().train(False)
@@ -94,6 +99,10 @@ class FrozenReference(Reference):
     @torch.no_grad()
     def logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return sequence_logprobs(self.model, batch)
+
+    @contextlib.contextmanager
+    def as_model(self) -> Iterator[nn.Module | None]:
+        yield self.model
 
 
 class NoReference(Reference):
@@ -144,12 +153,17 @@ class AdapterDisabledReference(Reference):
 
     @torch.no_grad()
     def logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.as_model() as base:
+            return sequence_logprobs(base, batch)
+
+    @contextlib.contextmanager
+    def as_model(self) -> Iterator[nn.Module | None]:
         (policy,) = self._policy
         training = policy.training
         policy.train(False)
         try:
             with policy.disable_adapter():
-                return sequence_logprobs(policy, batch)
+                yield policy
         finally:
             policy.train(training)
 
@@ -267,6 +281,20 @@ def build_reference(
     return policy, NoReference()
 
 
+def evaluation_reference(config: Mapping[str, Any], policy: nn.Module, reference: Reference | None) -> Reference | None:
+    """A reference model for evaluation only (sampling π_ref, KL of policy samples), where `reference` is not
+    one: None when `reference` holds a model (it serves); the adapter-disabled policy under `lora` (no copy);
+    otherwise a frozen copy of `policy`, which must still be the initial policy (`precomputed` and `none` hold no
+    model, and an objective without a reference builds none)."""
+    if reference is not None:
+        with reference.as_model() as model:
+            if model is not None:
+                return None
+    if config["name"] == "lora":
+        return AdapterDisabledReference(policy)
+    return FrozenReference(_cast_copy(policy, _dtype(config)))
+
+
 def export_model(policy: nn.Module, config: Mapping[str, Any]) -> nn.Module:
     """What to save as the run's `policy/`: the policy itself, except for `reference=lora`, where it is a PEFT
     model: a merged full model (`reference.lora.merge_on_export`, loadable with the Auto classes; a merged
@@ -323,7 +351,7 @@ def _data_fingerprint(cfg: DictConfig, datamodule: PreferenceDataModule) -> dict
             )
             hashes[split] = hashlib.blake2b(torch.tensor(keys).numpy().tobytes(), digest_size=16).hexdigest()
         return {"pairs": hashes}
-    task = {k: v for k, v in _plain(cfg.task).items() if k not in ("streaming", "shuffle_buffer")}
+    task = {k: v for k, v in _plain(cfg.task).items() if k not in ("streaming", "shuffle_buffer", "reward")}
     return {"stream": task, "seed": cfg.seed}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_lightning.callbacks import Throughput
 from dpo_lightning.config import TASK_DATA_KEYS, validate_config
 from dpo_lightning.data.datamodule import PreferenceDataModule
+from dpo_lightning.data.sources import build_source
+from dpo_lightning.eval.callback import SampleEvaluation
+from dpo_lightning.eval.sampling import SamplingSettings
 from dpo_lightning.export import RunSummary, export_policy
 from dpo_lightning.models import load_tokenizer
 from dpo_lightning.module import DPOLitModule
@@ -36,10 +39,8 @@ def _plain(node: DictConfig) -> dict[str, Any]:
 def build_datamodule(cfg: DictConfig, tokenizer) -> PreferenceDataModule:
     """The task's source (its config minus the tokenization keys) wrapped in a PreferenceDataModule."""
     task = _plain(cfg.task)
-    source_class = get_object(task["_target_"])  # called directly: its ConfigError stays a one-liner
-    source = source_class(**{k: v for k, v in task.items() if k not in (*TASK_DATA_KEYS, "_target_")})
     return PreferenceDataModule(
-        source,
+        build_source(task),
         tokenizer,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
@@ -49,11 +50,22 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> PreferenceDataModule:
     )
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, throughput: Throughput) -> L.Trainer:
+def build_sample_evaluation(cfg: DictConfig, tokenizer, output_dir: Path) -> SampleEvaluation | None:
+    """The validation-time sampler (None with `samples.num_prompts=0`), its reward loaded now: a reward model
+    that cannot work stops the run before training."""
+    samples = cfg.samples
+    if samples.num_prompts == 0:
+        return None
+    settings = SamplingSettings(**{key: samples[key] for key in SamplingSettings.__dataclass_fields__})
+    reward = instantiate(cfg.task.reward) if cfg.task.get("reward") else None
+    return SampleEvaluation(samples.num_prompts, tokenizer, settings, reward, output_dir / "samples", samples.kl)
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", **_plain(cfg.checkpoint))
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
     return instantiate(
-        cfg.trainer, default_root_dir=str(output_dir), logger=loggers, callbacks=[checkpoint, throughput]
+        cfg.trainer, default_root_dir=str(output_dir), logger=loggers, callbacks=[checkpoint, *callbacks]
     )
 
 
@@ -75,24 +87,30 @@ def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None
     )
 
 
-def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Train as configured; write `summary.json` (always) and `policy/` (on success) into `output_dir`."""
+def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train as configured; write `summary.json` (always) and `policy/` (on success) into `output_dir`.
+
+    `choices`: the option chosen in each config group (`loss: dpo`, …), recorded in the summary.
+    """
     started = time.perf_counter()
     summary = RunSummary(output_dir, _plain(cfg))
+    summary.update(choices=choices or {})
     trainer: L.Trainer | None = None
     try:
         validate_config(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tokenizer = load_tokenizer(cfg.model)
         datamodule = build_datamodule(cfg, tokenizer)
+        sample_evaluation = build_sample_evaluation(cfg, tokenizer, output_dir)
         module = DPOLitModule(
             model=_plain(cfg.model),
             loss=_plain(cfg.loss),
             optimizer=_plain(cfg.optimizer),
             reference=_plain(cfg.reference),
+            kl_reference=sample_evaluation is not None and cfg.samples.kl,
         )
         throughput = Throughput()
-        trainer = build_trainer(cfg, output_dir, throughput)
+        trainer = build_trainer(cfg, output_dir, [throughput, *filter(None, [sample_evaluation])])
         for logger in trainer.loggers:
             logger.log_hyperparams(_plain(cfg))
         if cfg.reference.name == "precomputed" and module.objective.needs_reference:  # before fit: see reference.py

@@ -11,11 +11,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 
 from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import TASK_DATA_KEYS, check_group_choices, validate_config
+from dpo_lightning.config import check_group_choices, source_arguments, validate_config
 from dpo_lightning.errors import ConfigError
 
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+# Groups of `config.yaml`; `reward` is nested in each task (chosen with `reward@task.reward=…`), `judge` belongs
+# to `winrate.yaml` (composed in tests/eval/test_winrate.py).
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "judge"))
 OPTIONS = [(group, option.stem) for group in GROUPS for option in sorted((CONF_DIR / group).glob("*.yaml"))]
+OVERRIDE_KEYS = {"reward": "reward@task.reward"}  # how the command line names a group's choice, where not `group`
+NEEDS_NETWORK = {("reward", "classifier")}  # options whose instantiation downloads a model: composed, not built
 # Keys that an option leaves for the user to set (`???`), and test values for them.
 REQUIRED = {"local": ["task.path=PAIRS"], "hf": ["model.name_or_path=gpt2"]}
 
@@ -42,13 +46,13 @@ def test_every_group_has_options():
 def test_every_option_composes_validates_and_instantiates(group, option, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = _compose([f"{group}={option}", *REQUIRED.get(option, [])], tmp_path)
+    cfg = _compose([f"{OVERRIDE_KEYS.get(group, group)}={option}", *REQUIRED.get(option, [])], tmp_path)
     validate_config(cfg)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    assert cfg[group] is not None
-    node = cfg[group]
+    node = cfg.task.reward if group == "reward" else cfg[group]
+    assert node is not None
     if group == "task":
-        source = instantiate({k: v for k, v in node.items() if k not in TASK_DATA_KEYS})
+        source = instantiate({"_target_": node._target_, **source_arguments(node)})
         assert hasattr(source, "load")
     elif group == "optimizer":
         options = OmegaConf.to_container(node, resolve=True)
@@ -57,7 +61,7 @@ def test_every_option_composes_validates_and_instantiates(group, option, tmp_pat
     elif group == "trainer":
         accelerator = node.accelerator if torch.cuda.is_available() else "cpu"  # GPU options on a CPU machine
         assert instantiate(node, accelerator=accelerator, logger=False).max_epochs == node.max_epochs
-    elif group in ("loss", "logger") and node:
+    elif group in ("loss", "logger", "reward") and node and (group, option) not in NEEDS_NETWORK:
         assert instantiate(node) is not None
     elif group == "model":
         assert node.trust_remote_code is False

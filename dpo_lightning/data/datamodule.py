@@ -145,6 +145,22 @@ class PreferenceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | EqualStepsLoader:
         return self._loader("validation", self.eval_batch_size, shuffle=False)
 
+    def evaluation_pairs(self, count: int) -> list[TokenizedPair]:
+        """The first `count` usable validation pairs with distinct prompts, in data order (for sampling: see
+        `eval/callback.py`); fewer if the split has fewer. Streaming reads just enough of the stream."""
+        if self.streaming:
+            rows = self._rows("validation")
+            prepared = rows.map(self.preparer, batched=True, remove_columns=list(rows.column_names or ()))
+            candidates = (row for row in prepared if not row["problem"])
+        else:
+            candidates = iter(self.pairs["validation"].with_format(None))
+        pairs: dict[tuple[int, ...], TokenizedPair] = {}
+        for row in candidates:
+            if len(pairs) == count:
+                break
+            pairs.setdefault(tuple(row["prompt_ids"]), TokenizedPair(*(row[column] for column in ID_COLUMNS)))
+        return list(pairs.values())
+
     def report(self) -> dict[str, dict[str, Any]]:
         """Per split: usable rows, skipped and filtered rows per reason, truncations — over all ranks.
 

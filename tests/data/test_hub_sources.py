@@ -14,7 +14,7 @@ from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import TASK_DATA_KEYS
+from dpo_lightning.config import source_arguments
 from dpo_lightning.data.sources.base import FILTERED, HubSource, RowProblem
 from dpo_lightning.data.sources.hh import HHSource
 from dpo_lightning.data.sources.shp import SHPSource
@@ -405,7 +405,7 @@ def test_a_missing_required_column_names_the_file_and_column(task, streaming, tm
 
 EXPECTED_KEYS = {
     "_target_", "name", "path", "subset", "data_dir", "revision", "splits", "data_files", "streaming", "shuffle_buffer",
-    "max_length", "max_prompt_length", "truncation_mode", "prompt_suffix", "skip_bad_rows",
+    "max_length", "max_prompt_length", "truncation_mode", "prompt_suffix", "skip_bad_rows", "reward",
 }  # fmt: skip
 
 
@@ -417,7 +417,7 @@ def test_task_configs_compose_and_instantiate_on_the_fixtures(task):
     options = OmegaConf.to_container(cfg.task, resolve=True)
     assert set(options) == EXPECTED_KEYS | ({"min_score_ratio"} if task == "shp" else set())
     assert set(options["splits"]) == set(options["data_files"]) == set(SPLITS)
-    arguments = {k: v for k, v in options.items() if k not in (*TASK_DATA_KEYS, "_target_")}  # as run.py does
+    arguments = source_arguments(options)  # as run.py does
     built = get_object(options["_target_"])(**arguments)
     assert type(built) is SOURCES[task]
     for split in SPLITS:

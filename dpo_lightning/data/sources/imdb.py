@@ -1,0 +1,75 @@
+"""`task=imdb`: prompts for the DPO paper's controlled-sentiment task — short prefixes of IMDb movie reviews.
+
+The paper (Rafailov et al. 2023, §6.1) prompts the policy with prefixes of `stanfordnlp/imdb` reviews and
+scores continuations with a sentiment classifier; its preference pairs are sampled from the SFT model, not
+read from a dataset. So this task holds prompts only: `python -m dpo_lightning.eval.pairs task=imdb …` samples
+and labels the pairs, and training reads them with `task=local`. A raw row `{"text": "...", "label": 0 | 1}`
+becomes the prompt "the first k words of the review" (HTML line breaks `<br />` replaced by spaces), k drawn
+uniformly from [min_prefix_words, max_prefix_words] by a per-row seeded RNG (the paper: 2–8 GPT-2 tokens).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import datasets
+
+from dpo_lightning.data.sources.base import HubSource, RowProblem, as_text
+from dpo_lightning.errors import ConfigError, DataError
+
+_LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+class IMDbPrompts(HubSource):
+    """Review-prefix prompts from `stanfordnlp/imdb` (or local files in its schema, `task.data_files`)."""
+
+    required_columns = ("text",)
+
+    def __init__(
+        self,
+        path: str,
+        splits: Mapping[str, str],
+        subset: str | None = None,
+        data_dir: str | None = None,
+        revision: str | None = None,
+        data_files: Mapping[str, str | list[str]] | None = None,
+        min_prefix_words: int = 2,
+        max_prefix_words: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(path, splits, subset, data_dir, revision, data_files)
+        if not 1 <= min_prefix_words <= max_prefix_words:
+            raise ConfigError(
+                "task.min_prefix_words",
+                f"need 1 ≤ min_prefix_words ≤ max_prefix_words, got {min_prefix_words} and {max_prefix_words}",
+            )
+        self.min_prefix_words, self.max_prefix_words, self.seed = min_prefix_words, max_prefix_words, seed
+
+    def prefix(self, text: str, index: int) -> str:
+        """The prompt of review `index`: its first k words, k ∈ [min, max] from an RNG seeded by (seed, index)."""
+        words = _LINE_BREAK.sub(" ", text).split()
+        count = random.Random(f"{self.seed}:{index}").randint(self.min_prefix_words, self.max_prefix_words)
+        return " ".join(words[:count])
+
+    def parse(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError("IMDbPrompts holds prompts only; see prompts()")
+
+    def prompts(self, split: str) -> Iterator[str]:
+        """The prompts of `split`, in dataset order, read lazily (a stream: only what is used is read)."""
+        origin = self.origin(split)
+        self.check_columns(rows := self.read(split, streaming=True), origin)
+        for index, row in enumerate(rows):
+            try:
+                yield self.prefix(as_text(row["text"], "text"), index)
+            except RowProblem as problem:
+                raise DataError(f"{origin}: row {index}: {problem}") from None
+
+    def load(self, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
+        raise ConfigError(
+            "task",
+            "task=imdb holds prompts only (the paper samples its pairs from the SFT model): run "
+            "`python -m dpo_lightning.eval.pairs task=imdb policy=<SFT run>`, then train on the pairs with task=local",
+        )

@@ -1,0 +1,1 @@
+"""Evaluation: samples, ground-truth rewards, KL, preference-pair generation, the frontier, win rates."""

@@ -1,0 +1,228 @@
+"""Preference pairs sampled from a model and labelled by a reward — the paper's IMDb recipe (§6.1).
+
+    python -m dpo_lightning.eval.pairs policy=<SFT run> task=sentiment [samples_per_prompt=4] [num_prompts.train=…]
+
+    task prompts ─► K samples each from the policy ─► task reward r(x, y_k) ─► chosen = argmax, rejected = argmin
+                                                                            └─► <out>/{train,validation}.parquet
+
+Each Parquet row holds `prompt`, `chosen`, `rejected` (what `task=local` reads), their rewards, and all K
+`responses` with their `scores`; the file's schema metadata and `provenance.json` record where the pairs come
+from (model folder and weights hash, task, reward, sampling settings, seed, counts). A prompt whose best and
+worst samples score within `min_margin` of each other (always on equal scores) gives no pair: such prompts
+are counted as ties in the provenance, never silently dropped. Train on the result with
+
+    python train.py task=local task.path=<out>/train.parquet task.val_path=<out>/validation.parquet \\
+        model.init_from=<SFT run> reward@task.reward=<the task's reward>
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.config import init_from_folder
+from dpo_lightning.data.sources import build_source
+from dpo_lightning.data.sources.base import SPLITS
+from dpo_lightning.data.tokenize import PairTokenizer
+from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.eval.rewards import Reward
+from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions
+
+log = logging.getLogger(__name__)
+PROVENANCE_KEY = b"dpo_lightning.provenance"  # Parquet schema-metadata key of the provenance JSON
+
+
+def task_prompts(source: Any, split: str) -> Iterator[str]:
+    """The text prompts of a task split, distinct, in data order: a prompt source's own `prompts(split)`
+    (`task=imdb`), or the prompts of a preference source's usable rows."""
+    if hasattr(source, "prompts"):
+        prompts: Iterator[Any] = source.prompts(split)
+    else:
+        prompts = (row["prompt"] for row in source.load(split, streaming=True) if not row["problem"])
+    seen: set[str] = set()
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise ConfigError("task", "pair generation takes text prompts; this task's prompts are conversations")
+        if prompt not in seen:
+            seen.add(prompt)
+            yield prompt
+
+
+def best_and_worst(scores: list[float], min_margin: float) -> tuple[int, int] | None:
+    """(index of the highest score, index of the lowest) — the first of equals — or None if they differ by
+    less than `min_margin` or not at all (a tie: no preference to learn)."""
+    best = max(range(len(scores)), key=scores.__getitem__)
+    worst = min(range(len(scores)), key=scores.__getitem__)
+    gap = scores[best] - scores[worst]
+    return None if gap == 0 or gap < min_margin else (best, worst)
+
+
+def generate_split(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    encode: PairTokenizer,
+    reward: Reward,
+    samples_per_prompt: int,
+    min_margin: float,
+    settings: SamplingSettings,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rows (one per prompt with a preference) and counts {prompts, pairs, ties, truncated_prompts}."""
+    encoded = encode(prompts, [""] * len(prompts), [""] * len(prompts))
+    prompt_ids = [pair.prompt_ids for pair, _ in encoded]
+    repeated = [ids for ids in prompt_ids for _ in range(samples_per_prompt)]  # [P·K], prompt-major
+    completions = sample_completions(model, repeated, tokenizer, settings)
+    texts = [
+        completion_text(tokenizer, prompt, completion) for prompt, completion in zip(repeated, completions, strict=True)
+    ]
+    scores = reward([prompt for prompt, _ in texts], [completion for _, completion in texts])
+    rows, ties = [], 0
+    for p in range(len(prompts)):
+        block = slice(p * samples_per_prompt, (p + 1) * samples_per_prompt)
+        responses, block_scores = [text for _, text in texts[block]], [float(s) for s in scores[block]]
+        ranked = best_and_worst(block_scores, min_margin)
+        if ranked is None:
+            ties += 1
+            continue
+        best, worst = ranked
+        rows.append(
+            {
+                "prompt": texts[block][0][0],
+                "chosen": responses[best],
+                "rejected": responses[worst],
+                "chosen_reward": block_scores[best],
+                "rejected_reward": block_scores[worst],
+                "responses": responses,
+                "scores": block_scores,
+            }
+        )
+    truncated = sum(truncation.prompt for _, truncation in encoded)
+    return rows, {"prompts": len(prompts), "pairs": len(rows), "ties": ties, "truncated_prompts": truncated}
+
+
+def write_pairs(rows: list[dict[str, Any]], path: Path, provenance: dict[str, Any]) -> Path:
+    """`rows` as Parquet, with the provenance JSON in the schema metadata."""
+    schema = pa.schema(
+        [
+            ("prompt", pa.string()),
+            ("chosen", pa.string()),
+            ("rejected", pa.string()),
+            ("chosen_reward", pa.float64()),
+            ("rejected_reward", pa.float64()),
+            ("responses", pa.list_(pa.string())),
+            ("scores", pa.list_(pa.float64())),
+        ],
+        metadata={PROVENANCE_KEY: json.dumps(provenance)},
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def check_pairs_config(cfg: DictConfig) -> None:
+    """Config mistakes, before any model loads."""
+    if not isinstance(cfg.samples_per_prompt, int) or cfg.samples_per_prompt < 2:
+        raise ConfigError("samples_per_prompt", f"must be an integer ≥ 2, got {cfg.samples_per_prompt!r}")
+    if cfg.min_margin < 0:
+        raise ConfigError("min_margin", f"must be ≥ 0, got {cfg.min_margin}")
+    for split, count in cfg.num_prompts.items():
+        if split not in SPLITS or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"num_prompts.{split}", f"splits are {list(SPLITS)}, counts integers ≥ 1; got {count!r}")
+    if not cfg.task.get("reward"):
+        raise ConfigError("task.reward", "pair generation ranks samples by the task's reward; this task has none")
+    init_from_folder(cfg.policy)
+
+
+def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Sample, label and write the pairs of every split in `cfg.num_prompts`; returns the provenance."""
+    from dpo_lightning.models import build_model, load_tokenizer  # heavy imports after the config checks
+    from dpo_lightning.reference import weights_fingerprint
+
+    check_pairs_config(cfg)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    source = build_source(task)
+    reward: Reward = instantiate(cfg.task.reward)
+    model_config = {**OmegaConf.to_container(cfg.model, resolve=True), "init_from": cfg.policy}
+    tokenizer = load_tokenizer(model_config)
+    device = torch.device(
+        "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device.replace("auto", "cpu")
+    )
+    model = build_model(model_config).to(device)
+    settings = SamplingSettings(**cfg.sampling)
+    encode = PairTokenizer(
+        tokenizer,
+        max_length=task["max_length"],
+        max_prompt_length=task["max_prompt_length"],
+        truncation_mode=task["truncation_mode"],
+        prompt_suffix=task["prompt_suffix"],
+    )
+    provenance: dict[str, Any] = {
+        "policy": str(init_from_folder(cfg.policy).resolve()),
+        "policy_weights": weights_fingerprint(model),
+        "task": {k: v for k, v in task.items() if k != "reward"},
+        "reward": task["reward"],
+        "samples_per_prompt": cfg.samples_per_prompt,
+        "min_margin": cfg.min_margin,
+        "sampling": OmegaConf.to_container(cfg.sampling),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(sys.argv),
+        "splits": {},
+    }
+    for split, count in cfg.num_prompts.items():
+        started = time.perf_counter()
+        prompts = list(islice(task_prompts(source, split), count))
+        if not prompts:
+            raise DataError(f"{source.origin(split)}: no prompts")
+        rows, counts = generate_split(
+            model, tokenizer, prompts, encode, reward, cfg.samples_per_prompt, cfg.min_margin, settings
+        )
+        if not rows:
+            raise DataError(f"{split}: all {len(prompts)} prompts gave tied samples; no pairs (lower min_margin?)")
+        provenance["splits"][split] = {**counts, "seconds": round(time.perf_counter() - started, 1)}
+        write_pairs(rows, out / f"{split}.parquet", provenance | {"split": split})
+        mean = sum(r["chosen_reward"] + r["rejected_reward"] for r in rows) / (2 * len(rows))
+        log.info(
+            "%s: %d pairs from %d prompts (%d ties) · mean reward of the pair samples %.3f",
+            split,
+            counts["pairs"],
+            counts["prompts"],
+            counts["ties"],
+            mean,
+        )
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    log.info(
+        "pairs in %s; train on them with: python train.py task=local task.path=%s task.val_path=%s model.init_from=%s",
+        out,
+        out / "train.parquet",
+        out / "validation.parquet",
+        cfg.policy,
+    )
+    return provenance
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pairs")
+def main(cfg: DictConfig) -> None:
+    try:
+        generate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

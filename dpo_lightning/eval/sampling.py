@@ -1,0 +1,105 @@
+"""Sampling completions from a causal LM for evaluation, and turning them back into text.
+
+    prompts [B] (token ids, as training tokenizes them) ─► left-pad ─► model.generate ─► completions [B]
+
+A completion is the generated ids up to and including the first EOS (as training responses end with EOS), or
+`max_new_tokens` ids if no EOS came. Sampling is seeded: the same prompts, weights and seed give the same
+completions, so validations at different steps differ only through the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How completions are drawn (the `samples/` config).
+
+    temperature 1 with top_p 1 samples from π itself — what the Monte-Carlo KL estimate assumes; other values
+    sample a sharpened or truncated π, and `val/kl` then describes those samples, not KL(π ‖ π_ref).
+    """
+
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+
+
+def _left_padded(prompts: list[list[int]], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """[B, T] input ids and attention mask, padded on the left so that every prompt ends at the last column."""
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        attention_mask[row, width - len(prompt) :] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def _until_eos(ids: list[int], eos_token_id: int) -> list[int]:
+    """`ids` up to and including the first EOS (padding after it dropped)."""
+    return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
+
+
+@torch.no_grad()
+def sample_completions(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    tokenizer: PreTrainedTokenizerBase,
+    settings: SamplingSettings,
+    seed_offset: int = 0,
+    synced_gpus: bool = False,
+) -> list[list[int]]:
+    """One completion per prompt: [B] lists of token ids (each ≥ 1 token), in prompt order.
+
+    Args:
+        model: a causal LM; put in eval mode for the call and restored after.
+        prompts: [B] prompt token ids.
+        tokenizer: gives the pad and EOS ids.
+        settings: temperature, top_p, max_new_tokens, batch size, seed.
+        seed_offset: added to `settings.seed` (e.g. the process rank, so ranks draw independently).
+        synced_gpus: keep generating until every process is done (sharded models: every forward is a
+            collective, so all ranks must run the same number of them).
+    """
+    training = model.training
+    model.train(False)
+    device = next(model.parameters()).device
+    completions: list[list[int]] = []
+    sampling = settings.temperature > 0
+    options = {"temperature": settings.temperature, "top_p": settings.top_p} if sampling else {}
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(settings.seed + seed_offset)
+            for start in range(0, len(prompts), settings.batch_size):
+                chunk = prompts[start : start + settings.batch_size]
+                inputs = _left_padded(chunk, tokenizer.pad_token_id, device)
+                output = model.generate(
+                    **inputs,
+                    do_sample=sampling,
+                    max_new_tokens=settings.max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    synced_gpus=synced_gpus,
+                    top_k=None,
+                    **options,
+                )  # [b, T + new]
+                generated = output[:, inputs["input_ids"].shape[1] :].tolist()
+                completions += [_until_eos(ids, tokenizer.eos_token_id) for ids in generated]
+    finally:
+        model.train(training)
+    return completions
+
+
+def completion_text(tokenizer: PreTrainedTokenizerBase, prompt: list[int], completion: list[int]) -> tuple[str, str]:
+    """(prompt text, completion text) with special tokens removed; the completion is what decoding the whole
+    sequence adds to the decoded prompt, so word-boundary spaces come out as the reader sees them."""
+    prompt_text = tokenizer.decode(prompt, skip_special_tokens=True)
+    full_text = tokenizer.decode(prompt + completion, skip_special_tokens=True)
+    if full_text.startswith(prompt_text):
+        return prompt_text, full_text[len(prompt_text) :]
+    return prompt_text, tokenizer.decode(completion, skip_special_tokens=True)
