@@ -79,6 +79,13 @@ def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None
             metrics["val/loss"],
             metrics["val/rewards/margins"],
         )
+    if "val/reward" in metrics:
+        log.info(
+            "val/reward %.3f (the reference's samples: %.3f) · val/kl %.2f nats",
+            metrics["val/reward"],
+            metrics.get("val/reference_reward", float("nan")),
+            metrics.get("val/kl", float("nan")),
+        )
     log.info(
         "train/pairs_per_s %.1f · %s steps · run folder %s",
         metrics.get("train/pairs_per_s", 0.0),

@@ -231,3 +231,40 @@ def test_disable_dropout_makes_train_mode_deterministic(architecture, disable_dr
     input_ids = torch.randint(3, VOCAB, (2, 12))
     first, second = policy(input_ids).logits, policy(input_ids).logits
     assert torch.equal(first, second) == disable_dropout
+
+
+# --- model.init_from: the second stage of the paper's pipeline starts from the first's policy -------------------
+
+
+def _tiny_config() -> dict:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=["model.config.num_hidden_layers=1"]).model)
+
+
+@pytest.mark.parametrize("layout", ["run folder", "model folder"])
+def test_init_from_loads_the_saved_policy_as_policy_and_reference(tmp_path, layout):
+    from dpo_lightning.export import export_policy
+
+    saved = build_model({**_tiny_config(), "init_seed": 7})  # weights a fresh tiny build (init_seed 0) lacks
+    folder = tmp_path / "policy" if layout == "run folder" else tmp_path
+    export_policy(saved, load_tiny_tokenizer(), folder)
+    config = {**_tiny_config(), "init_from": str(tmp_path)}
+    check_model_config(OmegaConf.create(config))
+    module = DPOLitModule(model=config, loss={"_target_": "dpo_lightning.losses.dpo.DPO", "beta": 0.1},
+                          optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3, "warmup_steps": 0})  # fmt: skip
+    module.configure_model()
+    expected = saved.state_dict()
+    for model in (module.policy, module.reference.model):
+        assert expected.keys() == model.state_dict().keys()
+        assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())
+    assert load_tokenizer(config).get_vocab() == load_tiny_tokenizer().get_vocab()
+
+
+def test_init_from_a_folder_without_a_model_fails_in_one_line(tmp_path):
+    (tmp_path / "policy").mkdir()
+    with pytest.raises(ConfigError) as error:
+        check_model_config(OmegaConf.create({**_tiny_config(), "init_from": str(tmp_path)}))
+    assert str(error.value) == (
+        f"model.init_from: {tmp_path} is neither a run folder with policy/ nor a model folder "
+        "(no config.json in either)"
+    )

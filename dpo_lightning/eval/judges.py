@@ -67,25 +67,11 @@ class RewardModelJudge(Judge):
     name = "reward_model"
 
     def __init__(
-        self,
-        name_or_path: str,
-        positive_label: str | None = None,
-        batch_size: int = 32,
-        max_length: int = 512,
-        device: str = "cpu",
-        trust_remote_code: bool = False,
-        truncation_side: str = "left",
-        config_key: str = "judge.positive_label",
+        self, name_or_path: str, positive_label: str | None = None, truncation_side: str = "left", **options: Any
     ) -> None:
+        options.setdefault("config_key", "judge.positive_label")
         self.scorer = ClassifierScorer(
-            name_or_path,
-            positive_label=positive_label,
-            batch_size=batch_size,
-            max_length=max_length,
-            device=device,
-            trust_remote_code=trust_remote_code,
-            config_key=config_key,
-            truncation_side=truncation_side,
+            name_or_path, positive_label=positive_label, truncation_side=truncation_side, **options
         )
 
     def compare(self, prompt: str, first: str, second: str) -> Verdict:

@@ -8,8 +8,9 @@
 Each Parquet row holds `prompt`, `chosen`, `rejected` (what `task=local` reads), their rewards, and all K
 `responses` with their `scores`; the file's schema metadata and `provenance.json` record where the pairs come
 from (model folder and weights hash, task, reward, sampling settings, seed, counts). A prompt whose best and
-worst samples score within `min_margin` of each other (always on equal scores) gives no pair: such prompts
-are counted as ties in the provenance, never silently dropped. Train on the result with
+worst samples score within `min_margin` of each other (always on equal scores) gives no pair, and empty samples
+(the model ended at once; training rejects empty responses) are not ranked: such prompts and samples are counted
+in the provenance (`ties`, `too_few_samples`, `empty_samples`), never silently dropped. Train on the result with
 
     python train.py task=local task.path=<out>/train.parquet task.val_path=<out>/validation.parquet \\
         model.init_from=<SFT run> reward@task.reward=<the task's reward>
@@ -34,7 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.cli import CONF_DIR, command, one_line_errors
 from dpo_lightning.config import init_from_folder
 from dpo_lightning.data.sources import build_source
 from dpo_lightning.data.sources.base import SPLITS
@@ -82,7 +83,9 @@ def generate_split(
     min_margin: float,
     settings: SamplingSettings,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Rows (one per prompt with a preference) and counts {prompts, pairs, ties, truncated_prompts}."""
+    """Rows (one per prompt with a preference) and counts {prompts, pairs, ties, too_few_samples,
+    empty_samples, truncated_prompts}. Empty samples (the model ended at once) are not ranked — training
+    rejects empty responses — and a prompt left with fewer than two samples gives no pair."""
     encoded = encode(prompts, [""] * len(prompts), [""] * len(prompts))
     prompt_ids = [pair.prompt_ids for pair, _ in encoded]
     repeated = [ids for ids in prompt_ids for _ in range(samples_per_prompt)]  # [P·K], prompt-major
@@ -91,10 +94,15 @@ def generate_split(
         completion_text(tokenizer, prompt, completion) for prompt, completion in zip(repeated, completions, strict=True)
     ]
     scores = reward([prompt for prompt, _ in texts], [completion for _, completion in texts])
-    rows, ties = [], 0
+    rows, ties, too_few, empty = [], 0, 0, 0
     for p in range(len(prompts)):
-        block = slice(p * samples_per_prompt, (p + 1) * samples_per_prompt)
-        responses, block_scores = [text for _, text in texts[block]], [float(s) for s in scores[block]]
+        block = range(p * samples_per_prompt, (p + 1) * samples_per_prompt)
+        kept = [k for k in block if texts[k][1].strip()]
+        empty += len(block) - len(kept)
+        responses, block_scores = [texts[k][1] for k in kept], [float(scores[k]) for k in kept]
+        if len(kept) < 2:
+            too_few += 1
+            continue
         ranked = best_and_worst(block_scores, min_margin)
         if ranked is None:
             ties += 1
@@ -102,7 +110,7 @@ def generate_split(
         best, worst = ranked
         rows.append(
             {
-                "prompt": texts[block][0][0],
+                "prompt": texts[block.start][0],
                 "chosen": responses[best],
                 "rejected": responses[worst],
                 "chosen_reward": block_scores[best],
@@ -112,7 +120,8 @@ def generate_split(
             }
         )
     truncated = sum(truncation.prompt for _, truncation in encoded)
-    return rows, {"prompts": len(prompts), "pairs": len(rows), "ties": ties, "truncated_prompts": truncated}
+    counts = {"prompts": len(prompts), "pairs": len(rows), "ties": ties, "too_few_samples": too_few}
+    return rows, counts | {"empty_samples": empty, "truncated_prompts": truncated}
 
 
 def write_pairs(rows: list[dict[str, Any]], path: Path, provenance: dict[str, Any]) -> Path:
@@ -136,6 +145,9 @@ def write_pairs(rows: list[dict[str, Any]], path: Path, provenance: dict[str, An
 
 def check_pairs_config(cfg: DictConfig) -> None:
     """Config mistakes, before any model loads."""
+    missing = sorted(OmegaConf.missing_keys(cfg), key=lambda key: (key.count("."), key))  # policy first
+    if missing:
+        raise ConfigError(missing[0], "required but not set (give it on the command line)")
     if not isinstance(cfg.samples_per_prompt, int) or cfg.samples_per_prompt < 2:
         raise ConfigError("samples_per_prompt", f"must be an integer ≥ 2, got {cfg.samples_per_prompt!r}")
     if cfg.min_margin < 0:
@@ -145,15 +157,18 @@ def check_pairs_config(cfg: DictConfig) -> None:
             raise ConfigError(f"num_prompts.{split}", f"splits are {list(SPLITS)}, counts integers ≥ 1; got {count!r}")
     if not cfg.task.get("reward"):
         raise ConfigError("task.reward", "pair generation ranks samples by the task's reward; this task has none")
-    init_from_folder(cfg.policy)
+    try:
+        init_from_folder(cfg.policy)
+    except ConfigError as error:  # named by the key the user set, not model.init_from
+        raise ConfigError("policy", str(error).removeprefix(f"{error.key}: ")) from None
 
 
 def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Sample, label and write the pairs of every split in `cfg.num_prompts`; returns the provenance."""
+    check_pairs_config(cfg)
     from dpo_lightning.models import build_model, load_tokenizer  # heavy imports after the config checks
     from dpo_lightning.reference import weights_fingerprint
 
-    check_pairs_config(cfg)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     source = build_source(task)
     reward: Reward = instantiate(cfg.task.reward)
@@ -194,7 +209,9 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         if not rows:
             raise DataError(f"{split}: all {len(prompts)} prompts gave tied samples; no pairs (lower min_margin?)")
         provenance["splits"][split] = {**counts, "seconds": round(time.perf_counter() - started, 1)}
-        write_pairs(rows, out / f"{split}.parquet", provenance | {"split": split})
+        # Each file's metadata: the shared provenance with its own split's counts (not those of the splits before it).
+        own = provenance | {"splits": {split: provenance["splits"][split]}, "split": split}
+        write_pairs(rows, out / f"{split}.parquet", own)
         mean = sum(r["chosen_reward"] + r["rejected_reward"] for r in rows) / (2 * len(rows))
         log.info(
             "%s: %d pairs from %d prompts (%d ties) · mean reward of the pair samples %.3f",
@@ -216,13 +233,12 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pairs")
-def main(cfg: DictConfig) -> None:
-    try:
-        generate(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+@one_line_errors
+def _pairs(cfg: DictConfig) -> None:
+    generate(cfg, Path(HydraConfig.get().runtime.output_dir))
 
+
+main = command(_pairs)
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ are still reported.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 from dpo_lightning.data.sources.sentiment import sentiment_reward
 from dpo_lightning.eval.classifier import ClassifierScorer
@@ -42,25 +43,11 @@ class ClassifierReward(Reward):
 
     name = "classifier"
 
-    def __init__(
-        self,
-        name_or_path: str,
-        positive_label: str | None = "POSITIVE",
-        batch_size: int = 32,
-        max_length: int = 512,
-        device: str = "cpu",
-        trust_remote_code: bool = False,
-        truncation_side: str = "left",
-    ) -> None:
+    def __init__(self, name_or_path: str, truncation_side: str = "left", **options: Any) -> None:
+        """`options`: the other `ClassifierScorer` arguments (positive_label, batch_size, max_length, device,
+        trust_remote_code)."""
         self.scorer = ClassifierScorer(
-            name_or_path,
-            positive_label=positive_label,
-            batch_size=batch_size,
-            max_length=max_length,
-            device=device,
-            trust_remote_code=trust_remote_code,
-            config_key="task.reward.positive_label",
-            truncation_side=truncation_side,
+            name_or_path, truncation_side=truncation_side, config_key="task.reward.positive_label", **options
         )
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:

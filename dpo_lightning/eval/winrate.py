@@ -18,7 +18,6 @@ import logging
 import math
 import random
 import re
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,8 +28,7 @@ import hydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import check_group_choices
+from dpo_lightning.cli import CONF_DIR, command, one_line_errors
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.eval.judges import Judge, Verdict
 
@@ -260,26 +258,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def _fail(error: Exception) -> None:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="winrate")
+@one_line_errors
 def _winrate(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except (ConfigError, DataError) as error:
-        _fail(error)
+    evaluate(cfg)
 
 
-def main() -> None:
-    try:
-        check_group_choices(sys.argv[1:], CONF_DIR)
-    except ConfigError as error:
-        _fail(error)
-    _winrate()
-
+main = command(_winrate)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -28,19 +28,9 @@ class IMDbPrompts(HubSource):
 
     required_columns = ("text",)
 
-    def __init__(
-        self,
-        path: str,
-        splits: Mapping[str, str],
-        subset: str | None = None,
-        data_dir: str | None = None,
-        revision: str | None = None,
-        data_files: Mapping[str, str | list[str]] | None = None,
-        min_prefix_words: int = 2,
-        max_prefix_words: int = 8,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(path, splits, subset, data_dir, revision, data_files)
+    def __init__(self, *, min_prefix_words: int = 2, max_prefix_words: int = 8, seed: int = 0, **hub: Any) -> None:
+        """`hub`: HubSource's arguments (path, splits, subset, data_dir, revision, data_files)."""
+        super().__init__(**hub)
         if not 1 <= min_prefix_words <= max_prefix_words:
             raise ConfigError(
                 "task.min_prefix_words",
@@ -49,8 +39,11 @@ class IMDbPrompts(HubSource):
         self.min_prefix_words, self.max_prefix_words, self.seed = min_prefix_words, max_prefix_words, seed
 
     def prefix(self, text: str, index: int) -> str:
-        """The prompt of review `index`: its first k words, k ∈ [min, max] from an RNG seeded by (seed, index)."""
+        """The prompt of review `index`: its first k words, k ∈ [min, max] from an RNG seeded by (seed, index)
+        (all its words if it has fewer); `RowProblem` if it has none."""
         words = _LINE_BREAK.sub(" ", text).split()
+        if not words:  # an empty prompt would be sampled from padding alone
+            raise RowProblem("text: no words")
         count = random.Random(f"{self.seed}:{index}").randint(self.min_prefix_words, self.max_prefix_words)
         return " ".join(words[:count])
 
