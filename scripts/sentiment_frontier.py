@@ -40,14 +40,14 @@ FULL = {
     ],
 }
 QUICK = {
-    "sft": ["task.num_train_pairs=512", "task.num_val_pairs=32", "trainer.val_check_interval=16"],
-    "pairs": ["num_prompts.train=128", "num_prompts.validation=16", "sampling.max_new_tokens=24"],
+    "sft": ["task.num_train_pairs=256", "task.num_val_pairs=16", "trainer.val_check_interval=8"],
+    "pairs": ["num_prompts.train=64", "num_prompts.validation=8", "sampling.max_new_tokens=16"],
     "second_stage": [
         "model.learning_rate=1e-4",
-        "samples.num_prompts=16",
-        "samples.max_new_tokens=24",
+        "samples.num_prompts=8",
+        "samples.max_new_tokens=16",
         "data.batch_size=16",
-        "trainer.val_check_interval=4",
+        "trainer.val_check_interval=2",
     ],
 }
 

@@ -86,7 +86,7 @@ class SampleEvaluation(L.Callback):
             return
         rows = [row for rows in all_ranks(self._my_rows(trainer, pl_module)) for row in rows]
         rows.sort(key=lambda row: row.pop("index"))
-        metrics = self._metrics(rows)
+        metrics = self._metrics(rows, trainer.global_step)
         self._latest = (trainer.global_step, metrics)
         self._log(pl_module, metrics)
         if trainer.is_global_zero:
@@ -167,9 +167,9 @@ class SampleEvaluation(L.Callback):
             sums.append(logps[: len(chunk)].float().cpu())
         return torch.cat(sums)
 
-    def _metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+    def _metrics(self, rows: list[dict[str, Any]], step: int) -> dict[str, float]:
         """val/reward (± its standard error) of the policy samples, val/reference_reward, val/kl (± error),
-        val/sample_tokens (mean policy sample length)."""
+        val/sample_tokens (mean policy sample length), val/step (the global step sampled)."""
         metrics: dict[str, float] = {}
         for column, name in (("policy_reward", "val/reward"), ("reference_reward", "val/reference_reward")):
             values = [row[column] for row in rows if row.get(column) is not None]
@@ -181,6 +181,7 @@ class SampleEvaluation(L.Callback):
             )
             metrics["val/kl"], metrics["val/kl_se"] = kl_estimate(policy_logps, reference_logps)
         metrics["val/sample_tokens"] = sum(row["policy_tokens"] for row in rows) / len(rows)
+        metrics["val/step"] = float(step)
         return metrics
 
     def _write(self, rows: list[dict[str, Any]], trainer: L.Trainer) -> None:

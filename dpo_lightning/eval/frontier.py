@@ -27,6 +27,7 @@ from dpo_lightning.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 REWARD, REWARD_SE, KL, KL_SE, REFERENCE = "val/reward", "val/reward_se", "val/kl", "val/kl_se", "val/reference_reward"
+STEP = "val/step"  # the global step whose weights a validation sampled (logged by eval/callback.py)
 X_LABEL = "KL(π ‖ π_ref) (nats, sequence-level)"
 Y_LABEL = "mean reward of policy samples"
 REFERENCE_LABEL = "reference (SFT)"
@@ -239,7 +240,7 @@ def _run_points(folder: Path, run: str, per_validation: bool) -> list[FrontierPo
     base = FrontierPoint(
         run=run,
         series=_series(choices, config),
-        beta=_optional_float(config.get("beta")),
+        beta=_optional_float(_mapping(config.get("loss")).get("beta")),  # None: a loss without β (baselines)
         step=None,
         reward=None,
         reward_se=None,
@@ -289,13 +290,16 @@ def _point(base: FrontierPoint, step: int | None, metrics: dict[str, Any], origi
 
 
 def _validation_rows(path: Path) -> list[tuple[int | None, dict[str, str]]]:
-    """The CSVLogger rows holding `val/reward` or `val/kl`, merged per step (a later value wins), in step order."""
+    """The CSVLogger rows holding `val/reward` or `val/kl`, merged per step (a later value wins), in step order.
+
+    The step is `val/step` where logged (the global step of the weights sampled; Lightning's own `step` column
+    of a validation inside `fit` is one less, and the final validation after `fit` repeats the last one)."""
     by_step: dict[int | None, dict[str, str]] = {}
     with path.open(newline="") as file:
         for row in csv.DictReader(file):
             if not (row.get(REWARD) or row.get(KL)):
                 continue
-            step = _optional_int(row.get("step"))
+            step = _optional_int(row.get(STEP) or row.get("step"))
             merged = by_step.setdefault(step, {})
             merged.update({key: value for key, value in row.items() if key and value not in (None, "")})
     rows = [(step, values) for step, values in by_step.items() if values.get(REWARD) and values.get(KL)]

@@ -73,7 +73,7 @@ def write_run(
         "status": status,
         "error": error,
         "metrics": metrics,
-        "config": {"beta": beta, "loss": {"_target_": TARGETS[loss]}, "task": {"name": "sentiment"}},
+        "config": {"beta": beta, "loss": {"_target_": TARGETS[loss], "beta": beta}, "task": {"name": "sentiment"}},
         "global_step": final.get("step", 0),
     }
     if with_choices:
@@ -264,7 +264,8 @@ sweep, overrides = Path(sys.argv[1]), dict(arg.split("=", 1) for arg in sys.argv
 job = sweep / "0"
 (job / "csv").mkdir(parents=True)
 metrics = {"val/reward": 0.25, "val/reward_se": 0.02, "val/kl": 4.0, "val/kl_se": 0.5, "val/reference_reward": -0.1}
-config = {"beta": float(overrides["beta"]), "loss": {"_target_": "dpo_lightning.losses.dpo.DPO"}}
+beta = float(overrides["beta"])
+config = {"beta": beta, "loss": {"_target_": "dpo_lightning.losses.dpo.DPO", "beta": beta}}
 summary = {"status": "completed", "error": None, "metrics": metrics, "config": config,
            "choices": {"loss": overrides["loss"], "task": "sentiment"}, "global_step": 16}
 (job / "summary.json").write_text(json.dumps(summary))
@@ -302,3 +303,39 @@ def test_sweep_command_is_train_py_multirun_with_a_parseable_sweep_dir(tmp_path,
     assert command[3:5] == ["beta=0.1,0.5", "loss=dpo,ipo"]
     override = OverridesParser.create().parse_override(command[5])
     assert override.key_or_group == "hydra.sweep.dir" and override.value() == str(sweep)
+
+
+def test_per_validation_steps_are_the_sampled_global_steps(tmp_path):
+    """Lightning logs a validation inside fit at global step − 1 and the final validation after fit again at
+    the last step; `val/step` (logged by the sampler) names the weights, so the repeat merges into one point."""
+    run = tmp_path / "0"
+    (run / "csv").mkdir(parents=True)
+    summary = {"status": "completed", "error": None, "metrics": {}, "config": {"beta": 0.1},
+               "choices": {"loss": "dpo"}, "global_step": 8}  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    rows = [  # (Lightning's step, val/step, reward, kl)
+        (3, 4, 0.2, 1.0),
+        (7, 8, 0.5, 2.0),
+        (8, 8, 0.5, 2.0),
+    ]
+    with (run / "csv" / "metrics.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["epoch", "step", "val/step", "val/reward", "val/kl"])
+        writer.writerows([0, step, float(val_step), reward, kl] for step, val_step, reward, kl in rows)
+    points = collect_points(tmp_path, per_validation=True)
+    assert [(p.step, p.reward, p.kl) for p in points] == [(4, 0.2, 1.0), (8, 0.5, 2.0)]
+
+
+def test_a_loss_without_beta_has_no_beta(tmp_path):
+    """Preferred-FT and Unlikelihood have no β: their points carry none, though the config's top level has one."""
+    run = tmp_path / "0"
+    (run / "csv").mkdir(parents=True)
+    metrics = {"val/reward": 0.5, "val/kl": 0.2}
+    config = {"beta": 0.1, "loss": {"_target_": "dpo_lightning.losses.sft.SFT", "length_normalized": False}}
+    summary = {"status": "completed", "error": None, "metrics": metrics, "config": config,
+               "choices": {"loss": "preferred_ft"}, "global_step": 4}  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    (point,) = collect_points(tmp_path, per_validation=False)
+    assert (point.series, point.beta, point.reward) == ("preferred_ft", None, 0.5)
+    figure = plot_frontier([point], "t")
+    assert not [text for text in figure.axes[0].texts if "β" in text.get_text()]

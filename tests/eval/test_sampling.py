@@ -111,7 +111,7 @@ def test_sample_rows_hold_rewards_and_log_probs_of_the_policy_samples_under_both
         assert row["reference_logp"] == pytest.approx(_sequence_logp_float64(reference, prompt, sample), abs=1e-4)
         assert row["policy_reward"] == pytest.approx(sentiment_reward(prompt_text, text))
         assert row["chosen"] == completion_text(TOKENIZER, prompt, [5, TOKENIZER.eos_token_id])[1]
-    metrics = callback._metrics(rows)
+    metrics = callback._metrics(rows, 0)
     ratios = torch.tensor([row["policy_logp"] - row["reference_logp"] for row in rows])
     assert metrics["val/kl"] == pytest.approx(float(ratios.mean())) and metrics["val/kl"] != 0
     assert metrics["val/reward"] == pytest.approx(sum(row["policy_reward"] for row in rows) / len(rows))
@@ -121,7 +121,7 @@ def test_kl_is_zero_while_the_policy_equals_the_reference():
     module = DPOLitModule(model=TEXT_MODEL, loss=DPO, optimizer=ADAMW, kl_reference=True)
     module.configure_model()
     callback, rows = _evaluation(module)
-    assert callback._metrics(rows)["val/kl"] == 0.0
+    assert callback._metrics(rows, 0)["val/kl"] == 0.0
     assert all(row["policy"] == row["reference"] for row in rows)  # same weights, same seed: same samples
 
 
@@ -130,7 +130,7 @@ def test_without_a_reference_model_and_kl_off_there_is_no_reference_column_or_kl
     module.configure_model()
     callback, rows = _evaluation(module, kl=False, reward=False)
     assert all(row["reference"] == "" and row["reference_logp"] is None for row in rows)
-    assert set(callback._metrics(rows)) == {"val/sample_tokens"}
+    assert set(callback._metrics(rows, 0)) == {"val/sample_tokens", "val/step"}
 
 
 def test_the_evaluation_copy_stays_out_of_checkpoints_and_the_optimizer():

@@ -1,0 +1,54 @@
+"""The offline reproduction of the paper's sentiment experiment (scripts/sentiment_frontier.py), reduced."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_reproduction_runs_every_stage_and_plots_every_method(tmp_path):
+    command = [
+        sys.executable,
+        "scripts/sentiment_frontier.py",
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--betas",
+        "0.1",
+        "1",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    sft = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert sft["status"] == "completed" and sft["choices"]["loss"] == "sft"
+    pairs = pq.read_table(tmp_path / "pairs" / "train.parquet").to_pylist()
+    assert pairs and all(row["chosen_reward"] > row["rejected_reward"] for row in pairs)
+    provenance = json.loads((tmp_path / "pairs" / "provenance.json").read_text())
+    assert provenance["policy"] == str((tmp_path / "sft" / "policy").resolve())
+
+    jobs = sorted((tmp_path / "sweep").glob("*/[0-9]*/summary.json"))
+    summaries = [json.loads(path.read_text()) for path in jobs]
+    assert sorted((s["choices"]["loss"], s["config"]["beta"]) for s in summaries) == [
+        ("dpo", 0.1), ("dpo", 1.0), ("preferred_ft", 0.1), ("unlikelihood", 0.1)
+    ]  # fmt: skip
+    for summary in summaries:  # every second-stage run starts from the SFT model, on the generated pairs
+        assert summary["status"] == "completed"
+        assert summary["config"]["model"]["init_from"] == str(tmp_path / "sft")
+        assert summary["config"]["task"]["path"] == str(tmp_path / "pairs" / "train.parquet")
+
+    with (tmp_path / "frontier.csv").open() as file:
+        points = [row for row in csv.DictReader(file) if row["reward"]]
+    by_run = {}
+    for point in points:
+        by_run.setdefault(point["run"], []).append(point)
+    assert len(by_run) == 4 and all(len(run) >= 2 for run in by_run.values())  # one point per validation
+    for run in by_run.values():
+        steps = [int(point["step"]) for point in run]
+        assert steps == sorted(set(steps))  # the final validation's repeat is merged
+    assert (tmp_path / "frontier.png").stat().st_size > 0
