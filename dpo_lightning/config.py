@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
+from hydra.errors import InstantiationException, OverrideParseException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.data.tokenize import TRUNCATION_MODES
-from dpo_lightning.errors import ConfigError
+from dpo_lightning.errors import ConfigError, DataError
 
 # Keys of a task config that configure tokenization and row checks; the rest are its source's arguments.
 TASK_DATA_KEYS: tuple[str, ...] = (
@@ -41,6 +41,17 @@ REFERENCE_KEYS: dict[str, tuple[str, ...]] = {
     "sync": ("alpha", "every_n_steps"),
 }
 LORA_KEYS: tuple[str, ...] = ("r", "alpha", "dropout", "target_modules", "merge_on_export")
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, except that a ConfigError or DataError raised by the target comes out as itself,
+    one line (instantiate wraps every error in a multi-line InstantiationException)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (ConfigError, DataError)):
+            raise error.__cause__ from None
+        raise
 
 
 def source_arguments(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,7 +181,7 @@ def check_samples_config(samples: DictConfig) -> None:
 def check_loss_config(cfg: DictConfig) -> None:
     """Instantiate the objective (its hyperparameter checks raise one-line ConfigErrors) and check that the
     reference strategy suits it."""
-    objective = instantiate(cfg.loss)
+    objective = build(cfg.loss)
     if cfg.reference.name == "none" and objective.needs_reference and not objective.reference_free_ok:
         raise ConfigError(
             "reference",

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from dpo_lightning.config import build
 from dpo_lightning.data.collate import Batch
 from dpo_lightning.logprobs import check_supported, sum_per_sequence, token_logprobs
 from dpo_lightning.losses.base import Objective, PairLogps, TokenLogps
@@ -64,7 +65,7 @@ class DPOLitModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.objective: Objective = instantiate(loss)
+        self.objective: Objective = build(loss)
         self.reference_config = dict(reference or {"name": "model"})
         self.policy: torch.nn.Module | None = None
         self.reference: Reference | None = None

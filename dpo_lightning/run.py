@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.callbacks import Throughput
-from dpo_lightning.config import TASK_DATA_KEYS, validate_config
+from dpo_lightning.config import TASK_DATA_KEYS, build, validate_config
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.sources import build_source
 from dpo_lightning.eval.callback import SampleEvaluation
@@ -57,7 +57,7 @@ def build_sample_evaluation(cfg: DictConfig, tokenizer, output_dir: Path) -> Sam
     if samples.num_prompts == 0:
         return None
     settings = SamplingSettings(**{key: samples[key] for key in SamplingSettings.__dataclass_fields__})
-    reward = instantiate(cfg.task.reward) if cfg.task.get("reward") else None
+    reward = build(cfg.task.reward) if cfg.task.get("reward") else None
     return SampleEvaluation(samples.num_prompts, tokenizer, settings, reward, output_dir / "samples", samples.kl)
 
 

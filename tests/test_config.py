@@ -122,3 +122,14 @@ def test_every_conf_key_has_a_comment():
         if re.match(r"^\s*[A-Za-z_][\w.-]*:", line) and "#" not in line
     ]
     assert not uncommented, "\n".join(uncommented)
+
+
+def test_a_bad_loss_hyperparameter_fails_on_the_command_line_in_one_line(tmp_path):
+    """The objective's own check (raised inside Hydra's instantiate) reaches the user as one line, exit 2."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "train.py", "loss=cdpo", "loss.label_smoothing=0.7", f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: loss.label_smoothing: must be in [0.0, 0.5), got 0.7"

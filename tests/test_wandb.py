@@ -1,5 +1,6 @@
 """logger=wandb never prompts or hangs: offline without credentials or a reachable server."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
         "data.batch_size=8",
         "trainer.max_steps=2",
         "trainer.enable_progress_bar=false",
+        "samples.num_prompts=4",
+        "samples.max_new_tokens=4",
         f"hydra.run.dir={run_dir}",
     ]
     result = subprocess.run(
@@ -88,6 +91,9 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+    (table,) = offline_runs[0].rglob("val/samples_*.table.json")  # the validation sample table
+    content = json.loads(table.read_text())
+    assert content["columns"][:3] == ["prompt", "policy", "reference"] and len(content["data"]) == 4
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

@@ -32,11 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.cli import CONF_DIR, command, one_line_errors
-from dpo_lightning.config import init_from_folder
+from dpo_lightning.config import build, init_from_folder
 from dpo_lightning.data.sources import build_source
 from dpo_lightning.data.sources.base import SPLITS
 from dpo_lightning.data.tokenize import PairTokenizer
@@ -171,7 +170,7 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     task = OmegaConf.to_container(cfg.task, resolve=True)
     source = build_source(task)
-    reward: Reward = instantiate(cfg.task.reward)
+    reward: Reward = build(cfg.task.reward)
     model_config = {**OmegaConf.to_container(cfg.model, resolve=True), "init_from": cfg.policy}
     tokenizer = load_tokenizer(model_config)
     device = torch.device(

@@ -1,0 +1,40 @@
+"""Task rewards: VADER and a sequence classifier, and a classifier that cannot work stopping the run at start-up."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_judges import reference_logits, save_tiny_classifier, softmax_column
+
+from dpo_lightning.data.sources.sentiment import sentiment_reward
+from dpo_lightning.eval.rewards import ClassifierReward, VaderReward
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["The acting was", "Two hours later, the plot seemed"]
+COMPLETIONS = [" truly wonderful.", " dull and painful, and I want my money back."]
+
+
+def test_vader_scores_prompt_and_completion_together():
+    expected = [sentiment_reward(p, c) for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
+    assert VaderReward()(PROMPTS, COMPLETIONS) == expected and expected[0] > 0 > expected[1]
+
+
+def test_classifier_reward_is_the_positive_probability_of_prompt_plus_completion(tmp_path):
+    folder = save_tiny_classifier(tmp_path / "classifier")
+    texts = [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
+    expected = softmax_column(reference_logits(folder, texts), column=1)  # label 1 is POSITIVE
+    assert ClassifierReward(str(folder), batch_size=1)(PROMPTS, COMPLETIONS) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_classifier_without_the_positive_label_stops_the_run_before_training(tmp_path):
+    folder = save_tiny_classifier(tmp_path / "classifier", id2label={0: "LABEL_0", 1: "LABEL_1"})
+    command = [
+        sys.executable, "train.py", "reward@task.reward=classifier", f"task.reward.name_or_path={folder}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]  # besides progress bars
+    assert line.startswith("error: task.reward.positive_label:") and "POSITIVE" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
