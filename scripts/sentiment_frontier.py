@@ -5,7 +5,7 @@
     1. SFT        python train.py loss=sft                       the tiny model learns to write reviews
     2. pairs      python -m dpo_lightning.eval.pairs policy=SFT   2 samples per prompt, VADER picks chosen
     3. DPO        python train.py -m loss=dpo beta=…             from the SFT model, on those pairs
-    4. baselines  python train.py -m loss=preferred_ft,unlikelihood   same pairs, same start
+    4. baselines  python train.py -m loss=preferred_ft,unlikelihood   same pairs, same start, lr 1e-4 and 1e-3
     5. frontier   reward of policy samples against KL(π ‖ π_SFT), one point per validation of every run
 
 Every step is an ordinary command of the project (printed before it runs); a step whose output already
@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 from dpo_lightning.eval.frontier import collect_points, format_table, write_frontier  # noqa: E402
 
-# The second stage's settings, shared by DPO and the baselines: the generated pairs, the SFT start, VADER as
-# the ground-truth reward, a fine-tuning learning rate, and a validation (= a frontier point) every 32 steps.
+# The second stage's settings, shared by DPO (lr 1e-4) and the baselines (lr swept): the generated pairs, the SFT
+# start, VADER as the ground-truth reward, and a validation (= a frontier point) every 32 steps.
 FULL = {
     "sft": ["trainer.val_check_interval=64"],
     "pairs": ["num_prompts.train=4096", "num_prompts.validation=256"],
+    "baseline_learning_rates": "1e-4,1e-3",
     "second_stage": [
-        "model.learning_rate=1e-4",
         "samples.num_prompts=256",
         "trainer.val_check_interval=32",
     ],
@@ -42,8 +42,8 @@ FULL = {
 QUICK = {
     "sft": ["task.num_train_pairs=256", "task.num_val_pairs=16", "trainer.val_check_interval=8"],
     "pairs": ["num_prompts.train=64", "num_prompts.validation=8", "sampling.max_new_tokens=16"],
+    "baseline_learning_rates": "1e-4",
     "second_stage": [
-        "model.learning_rate=1e-4",
         "samples.num_prompts=8",
         "samples.max_new_tokens=16",
         "data.batch_size=16",
@@ -99,8 +99,9 @@ def main() -> None:
         *settings["second_stage"],
     ]
     sweeps = {
-        "dpo": ["loss=dpo", f"beta={','.join(str(beta) for beta in args.betas)}"],
-        "baselines": ["loss=preferred_ft,unlikelihood"],
+        "dpo": ["loss=dpo", f"beta={','.join(str(beta) for beta in args.betas)}", "model.learning_rate=1e-4"],
+        # The baselines have no β; how far they move depends on the learning rate, so that is what they sweep.
+        "baselines": ["loss=preferred_ft,unlikelihood", f"model.learning_rate={settings['baseline_learning_rates']}"],
     }
     for name, choices in sweeps.items():
         sweep = out / "sweep" / name
