@@ -13,7 +13,9 @@ class Throughput(L.Callback):
     """Logs `train/pairs_per_s` and `train/tokens_per_s` every step and keeps run totals for summary.json.
 
     A step is timed from batch start to batch end (forward, backward and optimizer step; data loading and
-    validation excluded). Rates are per-device rates × world size. The first step (warm-up: allocation,
+    validation excluded). Rates are per-device rates × world size; tokens are `Batch.num_tokens`, the non-padding
+    tokens the batch feeds the model (a prompt counts once per row that computes it: twice in the padded layout,
+    once in the prefix-shared and packed ones), so compare layouts by pairs/s. The first step (warm-up: allocation,
     lazy initialisation) is left out of the run totals when there is more than one.
     """
 

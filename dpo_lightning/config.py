@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException, OverrideParseException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_lightning.data.collate import LAYOUTS
 from dpo_lightning.data.tokenize import TRUNCATION_MODES
 from dpo_lightning.errors import ConfigError, DataError
 
@@ -118,8 +119,7 @@ def validate_config(cfg: DictConfig) -> None:
     )
     _require(isinstance(task.streaming, bool), "task.streaming", f"must be true or false, got {task.streaming!r}")
     _require(task.shuffle_buffer >= 0, "task.shuffle_buffer", f"must be ≥ 0 rows, got {task.shuffle_buffer}")
-    _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be ≥ 1, got {cfg.data.batch_size}")
-    _require(cfg.data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {cfg.data.eval_batch_size}")
+    check_data_config(cfg.data, streaming=task.streaming)
     _require(
         cfg.model.dtype in DTYPE_NAMES,
         "model.dtype",
@@ -159,10 +159,34 @@ def check_model_config(model: DictConfig) -> None:
             f"model.{key}",
             f"must be a non-empty string or null, got {value!r}",
         )
+    for key in ("disable_dropout", "lean_logprobs"):
+        _require(
+            isinstance(model.get(key), bool),
+            f"model.{key}",
+            f"must be true or false, got {model.get(key)!r}",
+        )
+
+
+def check_data_config(data: DictConfig, streaming: bool) -> None:
+    """Checks of the `data` keys (batching and batch layout)."""
+    _require(data.batch_size >= 1, "data.batch_size", f"must be ≥ 1, got {data.batch_size}")
+    _require(data.eval_batch_size >= 1, "data.eval_batch_size", f"must be ≥ 1, got {data.eval_batch_size}")
+    _require(data.layout in LAYOUTS, "data.layout", f"must be one of {', '.join(LAYOUTS)}, got {data.layout!r}")
+    max_tokens = data.packing_max_tokens
     _require(
-        isinstance(model.get("disable_dropout"), bool),
-        "model.disable_dropout",
-        f"must be true or false, got {model.get('disable_dropout')!r}",
+        max_tokens is None or (isinstance(max_tokens, int) and max_tokens >= 2),
+        "data.packing_max_tokens",
+        f"must be null (the batch's longest pair) or an integer ≥ 2 (prompt and response token), got {max_tokens!r}",
+    )
+    _require(
+        isinstance(data.group_by_length, bool),
+        "data.group_by_length",
+        f"must be true or false, got {data.group_by_length!r}",
+    )
+    _require(
+        not (data.group_by_length and streaming),
+        "data.group_by_length",
+        "needs map-style data (a stream's lengths are not known ahead); set task.streaming=false or turn it off",
     )
 
 

@@ -1,6 +1,6 @@
 """Batch × causal LM → per-sequence summed response log-probs, in fp32, for any batch layout.
 
-    hidden  = decoder(input_ids, attention_mask, position_ids)       [R, T, H]   model dtype
+    hidden  = decoder(input_ids, decoder_mask(attention_mask), position_ids)   [R, T, H]   model dtype
     h       = hidden[target_rows, target_positions]                  [N, H]      response positions only
     logits  = lm_head(h[chunk])                                      [C, V]      one chunk at a time
     logp    = logits.float().gather(target) − logits.float().logsumexp()   [C]  fp32
@@ -8,7 +8,12 @@
 
 The LM head runs only where a response token is predicted (never on prompt or padding positions), and the
 fp32 log-softmax is taken chunk by chunk, so at most one fp32 copy of the response logits exists (autograd
-keeps each chunk's fp32 logits for backward) and never a full `[batch, seq, vocab]` one.
+keeps each chunk's fp32 logits for backward) and never a full `[batch, seq, vocab]` one. The naive path
+(`lean=False`, `model.lean_logprobs: false`) is what TRL and the reference implementation do — the head at every
+position, a full [R, T, V] fp32 log-softmax, then a gather — kept so that benchmarks can measure the difference.
+
+A 4-D-mask batch (prefix-shared, packed) is only correct for a model that passed `layout_support`'s probe; the
+callers (`DPOLitModule`, the reference pre-computation) go through `layout_support.batch_for`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,23 @@ def check_supported(model: PreTrainedModel) -> None:
             )
 
 
-def token_logprobs(model: PreTrainedModel, batch: Batch, chunk_size: int = 2048) -> torch.Tensor:
+def decoder_mask(model: PreTrainedModel, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The batch's attention mask in the form the model's attention kernel reads.
+
+    transformers hands a 4-D mask to the kernel unchanged. SDPA reads a boolean one (True = attend), but
+    eager attention adds the mask to the scores (`scores + mask`): a boolean mask would add 1 or 0 and mask
+    nothing. So a 4-D boolean mask [R, 1, T, T] stays boolean for `sdpa` and becomes additive for every other
+    kernel: 0 where it is True, the most negative value of the model's dtype elsewhere. A 2-D mask passes as
+    it is (transformers builds the causal 4-D mask itself).
+    """
+    if attention_mask.dim() == 2 or getattr(model.config, "_attn_implementation", None) == "sdpa":
+        return attention_mask
+    dtype = model.get_input_embeddings().weight.dtype
+    additive = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+    return additive.masked_fill(~attention_mask, torch.finfo(dtype).min)  # [R, 1, T, T]
+
+
+def token_logprobs(model: PreTrainedModel, batch: Batch, chunk_size: int = 2048, lean: bool = True) -> torch.Tensor:
     """Log-probs of the batch's N response tokens.
 
     Args:
@@ -41,6 +62,8 @@ def token_logprobs(model: PreTrainedModel, batch: Batch, chunk_size: int = 2048)
         batch: any layout produced by `dpo_lightning.data.collate`.
         chunk_size: response tokens per LM-head chunk; bounds the fp32 logits alive at once to
             `chunk_size × vocab`.
+        lean: the head at response positions only, in chunks (default); False: the naive path, the head at
+            all R × T positions and one [R, T, V] fp32 log-softmax (same values, more time and memory).
 
     Returns:
         token_logps: [N] fp32 log p(token | prefix), in the order of `batch.target_ids`.
@@ -48,13 +71,16 @@ def token_logprobs(model: PreTrainedModel, batch: Batch, chunk_size: int = 2048)
     hidden = (
         model.get_decoder()(
             input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
+            attention_mask=decoder_mask(model, batch.attention_mask),
             position_ids=batch.position_ids,
             use_cache=False,
         ).last_hidden_state  # [R, T, H]
     )
-    response_hidden = hidden[batch.target_rows, batch.target_positions]  # [N, H]
     head = model.get_output_embeddings()
+    if not lean:
+        logps = head(hidden).float().log_softmax(-1)  # [R, T, V] fp32
+        return logps[batch.target_rows, batch.target_positions, batch.target_ids]  # [N] fp32
+    response_hidden = hidden[batch.target_rows, batch.target_positions]  # [N, H]
     return torch.cat(
         [
             _token_logps(
@@ -77,10 +103,10 @@ def sum_per_sequence(token_logps: torch.Tensor, batch: Batch) -> tuple[torch.Ten
 
 
 def sequence_logprobs(
-    model: PreTrainedModel, batch: Batch, chunk_size: int = 2048
+    model: PreTrainedModel, batch: Batch, chunk_size: int = 2048, lean: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the batch's 2P response sequences: [2P] fp32 sums and [2P] token counts."""
-    return sum_per_sequence(token_logprobs(model, batch, chunk_size), batch)
+    return sum_per_sequence(token_logprobs(model, batch, chunk_size, lean), batch)
 
 
 def _token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

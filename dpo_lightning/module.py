@@ -1,9 +1,11 @@
 """DPOLitModule: the trainable policy, the frozen reference and one objective, orchestrated by Lightning.
 
-    batch ──► token_logprobs(policy) [N] ─► sums [2P] ──┐
-         └──► reference.logprobs (no_grad)      [2P] ─┴─► objective(PairLogps, PairLogps) ─► losses, rewards
+    batch ─► batch_for(policy) ─► token_logprobs(policy) [N] ─► sums [2P] ──┐
+                              └──► reference.logprobs (no_grad)      [2P] ─┴─► objective(…) ─► losses, rewards
 
-Chosen and rejected sequences go through the policy in one forward (the batch holds both).
+Chosen and rejected sequences go through the policy in one forward (the batch holds both). The batch comes in
+the layout `data.layout` chose; `layout_support.batch_for` rebuilds it in the padded layout, once per step for
+policy and reference, if the policy failed the 4-D-mask probe (one logged notice).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hydra.utils import instantiate
 
 from dpo_lightning.config import build
 from dpo_lightning.data.collate import Batch
+from dpo_lightning.layout_support import batch_for
 from dpo_lightning.logprobs import check_supported, sum_per_sequence, token_logprobs
 from dpo_lightning.losses.base import Objective, PairLogps, TokenLogps
 from dpo_lightning.metrics import preference_metrics
@@ -44,7 +47,9 @@ class DPOLitModule(L.LightningModule):
     """Trains `policy` on preference pairs with a configurable objective.
 
     Args (plain config values, saved as hyperparameters):
-        model: the `model/` config (see `dpo_lightning.models.build_model`).
+        model: the `model/` config (see `dpo_lightning.models.build_model`); `lean_logprobs` (default true)
+            picks the policy's log-prob path (`logprobs.token_logprobs`; the reference, without gradients,
+            always takes the lean one).
         loss: the `loss/` config, instantiated into an `Objective`.
         optimizer: the `optimizer/` config: a `_target_` optimizer class and its arguments, plus
             `warmup_steps` for the linear learning-rate warm-up.
@@ -101,7 +106,8 @@ class DPOLitModule(L.LightningModule):
             yield model
 
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
-        token_logps = token_logprobs(self.policy, batch)  # [N]
+        batch = batch_for(self.policy, batch)
+        token_logps = token_logprobs(self.policy, batch, lean=self.hparams.model.get("lean_logprobs", True))  # [N]
         tokens = TokenLogps(token_logps, batch.target_seqs)
         policy = split_pairs(*sum_per_sequence(token_logps, batch), batch.num_pairs, tokens)
         reference = None

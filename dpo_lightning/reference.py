@@ -52,6 +52,7 @@ from dpo_lightning.data.collate import Batch, pair_key
 from dpo_lightning.data.sources.base import SPLITS
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.errors import DataError
+from dpo_lightning.layout_support import batch_for
 from dpo_lightning.logprobs import check_supported, sequence_logprobs
 from dpo_lightning.models import DTYPES, build_model
 
@@ -382,7 +383,7 @@ def compute_table(
         for batch in batches:
             if batch.placeholder:
                 continue
-            batch = move_data_to_device(batch, device)
+            batch = batch_for(model, move_data_to_device(batch, device))
             sums, tokens = sequence_logprobs(model, batch)  # [2P], [2P]
             pairs = batch.num_pairs
             keys.append(batch.pair_keys.cpu())

@@ -45,6 +45,9 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> PreferenceDataModule:
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
+        layout=cfg.data.layout,
+        packing_max_tokens=cfg.data.packing_max_tokens,
+        group_by_length=cfg.data.group_by_length,
         seed=cfg.seed,
         **{key: task[key] for key in TASK_DATA_KEYS if key != "name"},
     )

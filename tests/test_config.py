@@ -86,6 +86,13 @@ def test_default_config_is_the_offline_demo(tmp_path):
         (["task.max_prompt_length=64"], "task.max_prompt_length: must be in [1, task.max_length=64)"),
         (["task.truncation_mode=middle"], "task.truncation_mode: must be one of keep_start, keep_end"),
         (["data.batch_size=0"], "data.batch_size: must be ≥ 1"),
+        (["data.layout=rows"], "data.layout: must be one of prefix_shared, packed, padded, got 'rows'"),
+        (
+            ["data.packing_max_tokens=1"],
+            "data.packing_max_tokens: must be null (the batch's longest pair) or an integer ≥ 2",
+        ),
+        (["data.group_by_length=true", "task.streaming=true"], "data.group_by_length: needs map-style data"),
+        (["model.lean_logprobs=maybe"], "model.lean_logprobs: must be true or false"),
         (["model.dtype=float8"], "model.dtype: must be one of"),
         (["task=local"], "task.path: required but not set"),
         (["model=hf"], "model.name_or_path: required but not set"),

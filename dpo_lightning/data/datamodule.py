@@ -1,11 +1,15 @@
 """PreferenceDataModule: source rows → checked, rendered, tokenized pairs → collated batches.
 
-Two paths share every step that touches a row (`PairPreparer`, `RowReport`, `collate_padded`):
+Two paths share every step that touches a row (`PairPreparer`, `RowReport`, the layout's collate function):
 
 - map-style (default): each split is prepared once in `setup` (`datasets.map`, cached in memory); Lightning
-  shards it over ranks with a DistributedSampler.
+  shards it over ranks with a DistributedSampler. `group_by_length`: training batches of similar-length pairs
+  (`data/sampler.py`).
 - streaming (`task.streaming=true`): rows are read lazily and prepared on the fly by the dataloader
   workers, sharded over ranks and workers with equal steps on every rank (see `data/streaming.py`).
+
+Batches come in the layout `layout` names (`data.layout`: packed (default) | prefix_shared | padded, see
+`data/collate.py`); the module falls back to the padded one for a model that cannot take it.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from typing import Any
 
 import datasets
 import lightning as L
+import pyarrow.compute as pc
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from dpo_lightning.data.collate import Batch, collate_padded, placeholder_batch
+from dpo_lightning.data.collate import Batch, Collate, collate_function, placeholder_batch
 from dpo_lightning.data.prepare import REPORT_COLUMNS, PairPreparer, RowReport
+from dpo_lightning.data.sampler import LengthGroupedSampler
 from dpo_lightning.data.sources.base import SPLITS, PreferenceSource
 from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs, all_ranks
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TruncationMode
@@ -33,7 +39,9 @@ class PreferenceDataModule(L.LightningDataModule):
 
     `batch_size` is the global batch in pairs: each device gets
     `batch_size / (world_size × accumulate_grad_batches)` pairs per step, so the optimizer always sees
-    `batch_size` pairs whatever the number of devices.
+    `batch_size` pairs whatever the number of devices. `layout` and `packing_max_tokens` choose the collate
+    function (`collate.collate_function`); `group_by_length` orders map-style training pairs with
+    `LengthGroupedSampler` (groups of one step's pairs over all ranks).
     """
 
     def __init__(
@@ -52,6 +60,9 @@ class PreferenceDataModule(L.LightningDataModule):
         shuffle_buffer: int = 10_000,
         seed: int = 0,
         num_workers: int = 0,
+        layout: str = "packed",
+        packing_max_tokens: int | None = None,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -69,6 +80,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.num_workers = num_workers
+        self.collate: Collate = collate_function(layout, tokenizer.pad_token_id, packing_max_tokens)
+        self.group_by_length = group_by_length
         self.preparer: PairPreparer | None = None
         self.pairs: dict[str, datasets.Dataset] = {}  # map-style: prepared usable pairs per split
         self.reports: dict[str, RowReport] = {}  # map-style: per split
@@ -112,12 +125,18 @@ class PreferenceDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | EqualStepsLoader:
         if self.streaming:
             return self._stream(split, batch_size, shuffle)
+        pairs = self.pairs[split]
+        sampler = None
+        if shuffle and self.group_by_length:
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+            sampler = LengthGroupedSampler(_pair_lengths(pairs), batch_size * world_size, seed=self.seed)
         return DataLoader(
-            self.pairs[split].with_format(None),
+            pairs.with_format(None),
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_rows, pad_token_id=self.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_rows, collate=self.collate),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -125,7 +144,7 @@ class PreferenceDataModule(L.LightningDataModule):
         dataset = StreamingPairs(
             self._rows(split),
             self.preparer,
-            partial(collate_padded, pad_token_id=self.tokenizer.pad_token_id),
+            self.collate,
             chunk_size=batch_size,
             origin=self.source.origin(split),
             skip_bad_rows=self.skip_bad_rows,
@@ -135,7 +154,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.trainer is not None:
             dataset.rank, dataset.world_size = self.trainer.global_rank, self.trainer.world_size
         self.streams[split] = EqualStepsLoader(
-            dataset, self.num_workers, placeholder_batch(self.tokenizer.pad_token_id)
+            dataset, self.num_workers, placeholder_batch(self.tokenizer.pad_token_id, self.collate)
         )
         return self.streams[split]
 
@@ -179,5 +198,12 @@ class PreferenceDataModule(L.LightningDataModule):
         return totals
 
 
-def _collate_rows(rows: list[dict], pad_token_id: int) -> Batch:
-    return collate_padded([TokenizedPair(**row) for row in rows], pad_token_id)
+def _collate_rows(rows: list[dict], collate: Collate) -> Batch:
+    return collate([TokenizedPair(**row) for row in rows])
+
+
+def _pair_lengths(pairs: datasets.Dataset) -> list[int]:
+    """[N] prompt + chosen + rejected tokens of each pair, from the Arrow columns (no Python lists of ids)."""
+    table = pairs.with_format("arrow")[:]
+    lengths = [pc.list_value_length(table.column(column)) for column in ID_COLUMNS]
+    return pc.add(pc.add(lengths[0], lengths[1]), lengths[2]).to_pylist()
