@@ -55,8 +55,9 @@ What is measured, per configuration:
       useful = 6·N·tokens + 6·V·H·R                      policy forward + backward
              + 2·N·tokens + 2·V·H·R   (live reference)   reference forward
   N = non-embedding parameters (blocks and final norm: no embedding, no LM head), V·H the LM head, R the response
-  tokens (where log-probs are needed). Attention-score FLOPs, LM-head work on prompt or padding positions, and
-  recomputation are not useful work and are not counted. The matmul rate is measured in a fresh process with
+  tokens (where log-probs are needed). LM-head work on prompt or padding positions and recomputation are not useful
+  work; attention-score FLOPs (QKᵀ, AV: about 10% more at these lengths) are left out too, so utilisation is a
+  slight underestimate. The matmul rate is measured in a fresh process with
   `torch.matmul` on fp32 [T, 256] × [256, 688] (T = mean tokens per padded step: the model's MLP shape) and on
   [2048, 2048] × [2048, 2048], before and after the configurations; the best of each is used. Utilisation is
   reported against both (model-shaped / square); the target is judged on the model-shaped rate.
@@ -257,6 +258,11 @@ def _matmul_rates(queue, tokens: int, square: int = 2048) -> None:
 
 def _trl(queue, folder: str, data_file: str, precompute: bool, batch_size: int, steps: int, lr: float) -> None:
     """Train TRL's DPOTrainer for `steps` steps; per-step seconds, tokens, losses; peak RSS."""
+    # A datasets cache of its own: TRL keeps precomputed reference log-probs there and would reuse an earlier run's.
+    cache = Path(os.environ["HF_DATASETS_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(dir=cache)
+
     import torch
     from datasets import load_dataset
     from transformers import AutoTokenizer, TrainerCallback
