@@ -148,20 +148,12 @@ class _Text:
 
 def build_tokenizer(folder: Path):
     """A byte-level BPE of VOCAB tokens trained on seeded synthetic text, saved to `folder`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from dpo_lightning.tiny_tokenizer import train_byte_level_bpe
+
     text = _Text(seed=1)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=[BOS, EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator((text(100) for _ in range(5000)), trainer)
+    bpe = train_byte_level_bpe((text(100) for _ in range(5000)), VOCAB)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD)
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1, 2)
     tokenizer.save_pretrained(folder)

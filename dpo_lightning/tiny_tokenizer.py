@@ -12,6 +12,7 @@ appends EOS to every response itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -38,13 +39,8 @@ def _corpus() -> list[str]:
     return [row[column] for row in rows for column in ("prompt", "chosen", "rejected")]
 
 
-def build_tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE of at most `vocab_size` tokens on the sentiment corpus; deterministic.
-
-    The vocabulary stops short of `vocab_size` once no pair of tokens is left to merge (the corpus is small and
-    repetitive: about 1,000 tokens). The trainer breaks ties between equally frequent pairs by token id, so the
-    merges depend neither on corpus order nor on the number of threads (checked with tokenizers 0.23).
-    """
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of at most `vocab_size` tokens trained on `texts`, with BOS, EOS and PAD as ids 0, 1, 2."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -54,9 +50,19 @@ def build_tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: no text is ever unknown
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def build_tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of at most `vocab_size` tokens on the sentiment corpus; deterministic.
+
+    The vocabulary stops short of `vocab_size` once no pair of tokens is left to merge (the corpus is small and
+    repetitive: about 1,000 tokens). The trainer breaks ties between equally frequent pairs by token id, so the
+    merges depend neither on corpus order nor on the number of threads (checked with tokenizers 0.23).
+    """
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+        tokenizer_object=train_byte_level_bpe(_corpus(), vocab_size),
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
