@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"        # TRL: a benchmark-only extra, never a runtime dependency
     python benchmarks/trl_comparison.py [--steps 5] [--warmup 2] [--batch-size 8] [--pairs N] [--lr 1e-3]
-                                        [--packing-max-tokens 1024] [--repeat 1] [--threads N] [--only CONFIG …]
+                                        [--packing-max-tokens N] [--repeat 1] [--threads N] [--only CONFIG …]
 
 One run builds, in a temporary folder, everything both systems read, so they see identical inputs:
 - a tokenizer: byte-level BPE (8,192 tokens) trained with `tokenizers` on seeded synthetic text, wrapped as a
@@ -25,15 +25,16 @@ clipping, no activation checkpointing) on both sides. The first `--warmup` steps
   loaded; forward, backward, optimizer step).
 - ours: the real `DPOLitModule` under a Lightning Trainer, through `train_throughput.measure` (imported; its
   model, pairs, collate function, module and callback swapped for this workload, as `reference_strategies.py`
-  does). A configuration is a dict of options — batch layout, log-prob computation, reference strategy — and
-  `CONFIGS` lists them cumulatively as the performance issue does (plain → + prefix sharing → + packing → + lean
-  log-probs → + precomputed reference); `--only … padded-lean padded-lean-precomputed` adds padded rows with
-  lean log-probs. `collate_for` and `logprob_options` turn the options into this checkout's collate function and
-  model-config keys (`data.layout` values through `collate.collate_function`, `--packing-max-tokens` for
-  "packed"; `model.lean_logprobs`, which selects the policy's path — a live reference always takes the lean one);
-  an option the checkout lacks shows as n/a. `precomputed` computes its cache with `reference.compute_table` in a
-  process of its own (`reference_strategies._precompute`, timed, model loading included), so its training peak
-  holds no reference.
+  does). A configuration is a dict of options — batch layout, log-prob computation, reference strategy, compile —
+  and `CONFIGS` lists them cumulatively as the performance issue does (plain → + prefix sharing → + packing →
+  + lean log-probs → + precomputed reference), then `+ torch.compile` and prefix sharing without packing;
+  `--only … padded-lean padded-lean-precomputed` adds padded rows with lean log-probs. `collate_for` and
+  `model_options` turn the options into this checkout's collate function and model-config keys (`data.layout`
+  values through `collate.collate_function`, `--packing-max-tokens` for "packed", default the batch's longest
+  pair as in the product; `model.lean_logprobs`, which selects the policy's path — a live reference always takes
+  the lean one; `model.compile`); an option the checkout lacks shows as n/a. `precomputed` computes its cache
+  with `reference.compute_table` in a process of its own (`reference_strategies._precompute`, timed, model
+  loading included), so its training peak holds no reference.
 
 Tokenization. TRL appends the EOS *text* to each response, tokenizes `prompt` and `prompt + response` (with
 `add_special_tokens=True`) and splits at their common prefix; ours (`PairTokenizer`) tokenizes prompt and responses
@@ -52,12 +53,14 @@ What is measured, per configuration:
   the data; the step-2 loss (after one identical AdamW update) is the one that tests same weights, data order,
   tokenization, gradients and optimizer. The step-1 mean log π(chosen) of both systems is printed too.
 - utilisation = useful model FLOP/s ÷ measured fp32 matmul FLOP/s, where per step
-      useful = 6·N·tokens + 6·V·H·R                      policy forward + backward
-             + 2·N·tokens + 2·V·H·R   (live reference)   reference forward
+      useful = 6·N·tokens + 6·V·H·R + 12·L·H·A                      policy forward + backward
+             + 2·N·tokens + 2·V·H·R +  4·L·H·A   (live reference)   reference forward
   N = non-embedding parameters (blocks and final norm: no embedding, no LM head), V·H the LM head, R the response
-  tokens (where log-probs are needed). LM-head work on prompt or padding positions and recomputation are not useful
-  work; attention-score FLOPs (QKᵀ, AV: about 10% more at these lengths) are left out too, so utilisation is a
-  slight underestimate. The matmul rate is measured in a fresh process with
+  tokens (where log-probs are needed), L layers, H the width, and A the query–key pairs a pair needs attended
+  (QKᵀ and AV, 2·H FLOPs each per layer, as PaLM's MFU counts them), the prompt attended once: for prompt,
+  chosen and rejected lengths p, c, r, A = (p+c)(p+c+1)/2 + r·p + r(r+1)/2. The same A for every system and
+  layout: LM-head work on prompt or padding positions, a prompt computed twice, attention to padding, and
+  recomputation are not useful work. The matmul rate is measured in a fresh process with
   `torch.matmul` on fp32 [T, 256] × [256, 688] (T = mean tokens per padded step: the model's MLP shape) and on
   [2048, 2048] × [2048, 2048], before and after the configurations; the best of each is used. Utilisation is
   reported against both (model-shaped / square); the target is judged on the model-shaped rate.
@@ -114,8 +117,15 @@ CONFIGS = {  # key → (label, options): TRL, then ours in the issue's cumulativ
         "prefix sharing, lean, precomputed reference (no packing)",
         {"layout": "prefix_shared", "logprobs": "lean", "reference": "precomputed"},
     ),
+    "compiled": (
+        "+ torch.compile (`model.compile`)",
+        {"layout": "packed", "logprobs": "lean", "reference": "precomputed", "compile": True},
+    ),
 }
-DEFAULT = ["trl-live", "trl-precomputed", "plain", "prefix", "packing", "lean", "precomputed"]
+DEFAULT = [
+    *("trl-live", "trl-precomputed", "plain", "prefix", "packing", "lean", "precomputed"),
+    *("compiled", "prefix-lean-precomputed"),
+]
 TARGET_SPEEDUP, TARGET_RSS, TARGET_UTILISATION, TARGET_LOSS = 5.0, 0.6, 0.75, 1e-4
 
 
@@ -418,19 +428,23 @@ def collate_for(options: dict):
 
     layout = options["layout"]
     if layout in getattr(collate, "LAYOUTS", ()) and hasattr(collate, "collate_function"):
-        return collate.collate_function(layout, 2, options.get("packing_max_tokens", 1024))
+        return collate.collate_function(layout, 2, options.get("packing_max_tokens"))
     return partial(collate.collate_padded, pad_token_id=2) if layout == "padded" else None
 
 
-def logprob_options(mode: str) -> dict | None:
-    """Model-config keys that select the policy's log-prob computation: "lean" (LM head on response positions
-    only, chunked fp32 log-softmax) or "full" (head at every position, one [R, T, V] fp32 log-softmax, as TRL
-    and the reference implementation). Before the switch existed, only the lean computation did."""
-    from dpo_lightning import logprobs
+def model_options(options: dict) -> dict | None:
+    """Model-config keys of a configuration: the policy's log-prob computation, "lean" (LM head on response
+    positions only, chunked fp32 log-softmax) or "full" (head at every position, one [R, T, V] fp32 log-softmax,
+    as TRL and the reference implementation), and `compile` (torch.compile of the policy's blocks). Before the
+    lean switch existed, only the lean computation did; before `model.compile`, nothing compiled."""
+    from dpo_lightning import logprobs, models
 
+    keys = {"compile": True} if options.get("compile") else {}
+    if keys and not hasattr(models, "compile_blocks"):
+        return None
     if "lean" in inspect.signature(logprobs.token_logprobs).parameters:
-        return {"lean_logprobs": mode == "lean"}
-    return {} if mode == "lean" else None
+        return keys | {"lean_logprobs": options["logprobs"] == "lean"}
+    return keys if options["logprobs"] == "lean" else None
 
 
 def unavailable(options: dict) -> str | None:
@@ -439,8 +453,8 @@ def unavailable(options: dict) -> str | None:
         return None
     if collate_for(options) is None:
         return f"layout {options['layout']!r}: no such layout in `dpo_lightning.data.collate` yet"
-    if logprob_options(options["logprobs"]) is None:
-        return f"log-probs {options['logprobs']!r}: no switch in `dpo_lightning.logprobs.token_logprobs` yet"
+    if model_options(options) is None:
+        return f"log-probs {options['logprobs']!r} or compile: no such switch in this checkout yet"
     return None
 
 
@@ -463,14 +477,22 @@ def _guarded(queue, target, *args) -> None:
 # ---------------------------------------------------------------------------------------------- report
 
 
+def attended_pairs(pair) -> int:
+    """A, the query–key pairs one pair needs attended: prompt and chosen causally, rejected after the prompt."""
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    return (p + c) * (p + c + 1) // 2 + r * p + r * (r + 1) // 2
+
+
 def summarise(result: dict, warmup: int, sizes: dict, live_reference: bool) -> dict:
     """Rates over the measured steps and useful FLOP/s (see the module docstring)."""
     measured = result["steps"][warmup:]
     seconds = sum(s["seconds"] for s in measured)
     tokens = sum(s["tokens"] for s in measured)
     responses = sum(s["responses"] for s in measured)
-    n, head = sizes["non_embedding"], sizes["head"]
-    flops = 6 * n * tokens + 6 * head * responses + (2 * n * tokens + 2 * head * responses if live_reference else 0)
+    attended = sum(sizes["attended_per_step"][warmup : len(result["steps"])])
+    n, head, attention = sizes["non_embedding"], sizes["head"], 4 * LAYERS * HIDDEN * attended
+    forward = 2 * n * tokens + 2 * head * responses + attention
+    flops = 3 * forward + (forward if live_reference else 0)
     losses = [s["loss"] for s in result["steps"]]
     return {
         "pairs_s": sum(s["pairs"] for s in measured) / seconds,
@@ -577,7 +599,7 @@ def run_configuration(context, key: str, options: dict, work: dict, args) -> dic
         precompute = options["reference"] == "precomputed"
         workload = (str(folder / "model"), str(folder / "pairs.jsonl"), precompute, args.batch_size, steps, args.lr)
         return _in_child(context, _guarded, _trl, *workload)
-    config = {**work["model_config"], **logprob_options(options["logprobs"])}
+    config = {**work["model_config"], **model_options(options)}
     reference = {"name": options["reference"], "dtype": None}
     precompute_s = None
     if options["reference"] == "precomputed":
@@ -603,7 +625,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step, for every system")
     parser.add_argument("--pairs", type=int, default=None, help="pairs in the data set (default: just enough)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (shows in the step-2 loss)")
-    parser.add_argument("--packing-max-tokens", type=int, default=1024, help="layout=packed: tokens a row at most")
+    parser.add_argument(
+        "--packing-max-tokens", type=int, default=None, help="layout=packed: tokens a row at most (default: longest)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds; keep each one's fastest run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=DEFAULT, help="run these only")
@@ -635,6 +659,9 @@ def main() -> None:
         sizes = build_model(model_folder, len(tokenizer))
         write_pairs(data_file, args.pairs)
         pairs = tokenize_pairs(data_file, tokenizer)
+        sizes["attended_per_step"] = [
+            sum(map(attended_pairs, pairs[i : i + args.batch_size])) for i in range(0, trained_pairs, args.batch_size)
+        ]
         ours_digest = token_digest((p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs[:trained_pairs])
         words = [len(json.loads(line)["chosen"].split()) for line in data_file.open()]
         tokens_per_word = sum(len(p.chosen_ids) - 1 for p in pairs) / sum(words)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException, OverrideParseException
 from hydra.utils import instantiate
@@ -131,8 +132,19 @@ def validate_config(cfg: DictConfig) -> None:
         f"must be ≥ 0, got {cfg.optimizer.warmup_steps}",
     )
     check_model_config(cfg.model)
+    _require(
+        not (cfg.model.get("attn_implementation") == "flex_attention" and trains_on_cpu(cfg.trainer)),
+        "model.attn_implementation",
+        "flex_attention has no backward pass on the CPU in torch; use sdpa there (flex_attention is for GPUs)",
+    )
     check_reference_config(cfg.reference)
     _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+
+
+def trains_on_cpu(trainer: DictConfig) -> bool:
+    """Whether the Trainer config puts training on the CPU (`auto` does where there is no GPU)."""
+    accelerator = trainer.get("accelerator", "auto")
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
 def init_from_folder(init_from: str | os.PathLike) -> Path:
@@ -159,7 +171,7 @@ def check_model_config(model: DictConfig) -> None:
             f"model.{key}",
             f"must be a non-empty string or null, got {value!r}",
         )
-    for key in ("disable_dropout", "lean_logprobs"):
+    for key in ("disable_dropout", "lean_logprobs", "compile"):
         _require(
             isinstance(model.get(key), bool),
             f"model.{key}",

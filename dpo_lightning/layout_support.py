@@ -3,9 +3,9 @@
 Those layouts give the decoder a 4-D boolean mask [R, 1, T, T] and position ids that restart at every pair and
 at every rejected response. That is only right if the model lets both through to its attention unchanged:
 transformers passes a 4-D mask straight to the attention kernel, and `logprobs.decoder_mask` puts it in the
-kernel's form (boolean for SDPA, additive 0 / dtype-min for eager — a boolean mask added to eager scores
-masks nothing, which is why GPT-J, eager only, first looked incompatible). Other kernels (flash-attention,
-which takes no dense mask; flex attention), remote code, or a model that ignores `position_ids` may not; nor
+kernel's form (boolean for SDPA, a block mask for flex attention, additive 0 / dtype-min for eager — a boolean
+mask added to eager scores masks nothing, which is why GPT-J, eager only, first looked incompatible). Other
+kernels (flash-attention, which takes no dense mask), remote code, or a model that ignores `position_ids` may not; nor
 can sliding-window attention (the 4-D mask replaces the window; the probe's short rows could not tell), which is
 refused from the config.
 

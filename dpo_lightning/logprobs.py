@@ -19,6 +19,7 @@ callers (`DPOLitModule`, the reference pre-computation) go through `layout_suppo
 from __future__ import annotations
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import PreTrainedModel
 
 from dpo_lightning.data.collate import Batch
@@ -37,17 +38,26 @@ def check_supported(model: PreTrainedModel) -> None:
             )
 
 
-def decoder_mask(model: PreTrainedModel, attention_mask: torch.Tensor) -> torch.Tensor:
+def decoder_mask(model: PreTrainedModel, attention_mask: torch.Tensor) -> torch.Tensor | BlockMask:
     """The batch's attention mask in the form the model's attention kernel reads.
 
     transformers hands a 4-D mask to the kernel unchanged. SDPA reads a boolean one (True = attend), but
     eager attention adds the mask to the scores (`scores + mask`): a boolean mask would add 1 or 0 and mask
-    nothing. So a 4-D boolean mask [R, 1, T, T] stays boolean for `sdpa` and becomes additive for every other
-    kernel: 0 where it is True, the most negative value of the model's dtype elsewhere. A 2-D mask passes as
-    it is (transformers builds the causal 4-D mask itself).
+    nothing. So a 4-D boolean mask [R, 1, T, T] stays boolean for `sdpa`, becomes a FlexAttention `BlockMask`
+    for `flex_attention` (blocks with nothing to attend are skipped: a packed row's pairs cost no cross-pair
+    work), and becomes additive for every other kernel: 0 where it is True, the most negative value of the
+    model's dtype elsewhere. A 2-D mask passes as it is (transformers builds the causal mask itself).
     """
-    if attention_mask.dim() == 2 or getattr(model.config, "_attn_implementation", None) == "sdpa":
+    kernel = getattr(model.config, "_attn_implementation", None)
+    if attention_mask.dim() == 2 or kernel == "sdpa":
         return attention_mask
+    if kernel == "flex_attention":
+        rows, _, length, _ = attention_mask.shape
+
+        def attends(row: torch.Tensor, head: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+            return attention_mask[row, 0, query, key]
+
+        return create_block_mask(attends, B=rows, H=None, Q_LEN=length, KV_LEN=length, device=attention_mask.device)
     dtype = model.get_input_embeddings().weight.dtype
     additive = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
     return additive.masked_fill(~attention_mask, torch.finfo(dtype).min)  # [R, 1, T, T]

@@ -6,7 +6,7 @@ uses the tokenizer the project ships. `init_from` (a run folder or model folder,
 both: weights, config and tokenizer come from there, and the reference starts as the same model. Nothing here
 touches the network unless `name_or_path` is a hub id.
 `model.pad_token` says what pads batches (`load_tokenizer`); `model.block_class` names the transformer block,
-the unit of sharding and activation checkpointing (`transformer_blocks`).
+the unit of sharding, activation checkpointing and `torch.compile` (`transformer_blocks`, `compile_blocks`).
 """
 
 from __future__ import annotations
@@ -114,6 +114,14 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def compile_blocks(model: torch.nn.Module, block_class: str | None) -> None:
+    """`torch.compile` each transformer block in place (`model.compile: true`), with dynamic shapes, since every
+    batch has its own length. All blocks share one compiled graph, so compiling costs one block's time, once; the
+    parameter names (checkpoints, exports) do not change. Apply it before sharding, as FSDP2 expects."""
+    for block in transformer_blocks(model, block_class):
+        block.compile(dynamic=True)
 
 
 def transformer_blocks(model: torch.nn.Module, block_class: str | None) -> list[torch.nn.Module]:

@@ -25,7 +25,7 @@ from dpo_lightning.layout_support import batch_for
 from dpo_lightning.logprobs import check_supported, sum_per_sequence, token_logprobs
 from dpo_lightning.losses.base import Objective, PairLogps, TokenLogps
 from dpo_lightning.metrics import preference_metrics
-from dpo_lightning.models import build_model
+from dpo_lightning.models import build_model, compile_blocks
 from dpo_lightning.parallel import shard_causal_lm
 from dpo_lightning.reference import FrozenReference, Reference, build_reference, evaluation_reference
 
@@ -49,7 +49,7 @@ class DPOLitModule(L.LightningModule):
     Args (plain config values, saved as hyperparameters):
         model: the `model/` config (see `dpo_lightning.models.build_model`); `lean_logprobs` (default true)
             picks the policy's log-prob path (`logprobs.token_logprobs`; the reference, without gradients,
-            always takes the lean one).
+            always takes the lean one); `compile` (default false) compiles the policy's blocks.
         loss: the `loss/` config, instantiated into an `Objective`.
         optimizer: the `optimizer/` config: a `_target_` optimizer class and its arguments, plus
             `warmup_steps` for the linear learning-rate warm-up.
@@ -88,6 +88,8 @@ class DPOLitModule(L.LightningModule):
         )
         if self.hparams.kl_reference:
             self.kl_reference = evaluation_reference(self.reference_config, self.policy, self.reference)
+        if self.hparams.model.get("compile", False):  # after the reference copies: they stay eager
+            compile_blocks(self.policy, self.hparams.model.get("block_class"))
         if self.device_mesh is not None:
             mesh, block_class = self.device_mesh["data_parallel"], self.hparams.model.get("block_class")
             shard_causal_lm(self.policy, mesh, block_class)

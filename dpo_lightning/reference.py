@@ -408,11 +408,11 @@ def precompute_reference(
 
     Called before `trainer.fit`. Builds the initial policy from `cfg.model` (the reference), names the cache
     by the hash of its fingerprint (reference weights and config, `reference.dtype`, trainer precision,
-    tokenizer and tokenization settings, data) in `reference.cache_dir` (null: `<run folder>/reference_cache`),
-    and reuses a file only if the fingerprint stored in it is equal. Otherwise one no-grad pass over every
-    training and validation pair (map-style: all pairs; streaming: one unsharded, unshuffled pass over the
-    stream) on the trainer's device and precision writes it (safetensors, atomically). The model is freed
-    before returning.
+    tokenizer and tokenization settings, data, batch layout) in `reference.cache_dir` (null:
+    `<run folder>/reference_cache`), and reuses a file only if the fingerprint stored in it is equal. Otherwise
+    one no-grad pass over every training and validation pair (map-style: all pairs; streaming: one unsharded,
+    unshuffled pass over the stream) on the trainer's device and precision writes it (safetensors,
+    atomically). The model is freed before returning.
 
     DDP: before `fit` only rank 0 exists (Lightning starts the other ranks inside `fit`; they rerun the
     script and find the cache). Under a launcher that starts every rank at once (torchrun, SLURM), rank 0
@@ -431,6 +431,8 @@ def precompute_reference(
             "precision": {"dtype": str(dtype or model.dtype), "trainer": str(trainer.precision)},
             "tokenization": {**datamodule.tokenize_options, "tokenizer": tokenizer_fingerprint(datamodule.tokenizer)},
             "data": _data_fingerprint(cfg, datamodule),
+            # the batching changes the values by rounding only (which tokens share a row, how much padding)
+            "batching": {key: cfg.data.get(key) for key in ("layout", "packing_max_tokens", "eval_batch_size")},
         },
         sort_keys=True,
         default=str,

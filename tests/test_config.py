@@ -93,6 +93,11 @@ def test_default_config_is_the_offline_demo(tmp_path):
         ),
         (["data.group_by_length=true", "task.streaming=true"], "data.group_by_length: needs map-style data"),
         (["model.lean_logprobs=maybe"], "model.lean_logprobs: must be true or false"),
+        (["model.compile=1"], "model.compile: must be true or false"),
+        (
+            ["model.attn_implementation=flex_attention", "trainer=cpu"],
+            "model.attn_implementation: flex_attention has no backward pass on the CPU",
+        ),
         (["model.dtype=float8"], "model.dtype: must be one of"),
         (["task=local"], "task.path: required but not set"),
         (["model=hf"], "model.name_or_path: required but not set"),

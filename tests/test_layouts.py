@@ -12,6 +12,8 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from test_config import _compose
 from test_module import ADAMW, DPO, MODEL
 from test_reference import DEMO
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from transformers.integrations import flex_attention as transformers_flex
 
 from dpo_lightning import layout_support, logprobs
 from dpo_lightning.data.collate import (
@@ -205,6 +207,42 @@ def test_a_model_that_fails_the_probe_trains_on_the_padded_layout_after_one_noti
     assert "4-D causal mask" in notices[0] and "padded layout" in notices[0]
     for loss in shared:
         torch.testing.assert_close(loss, padded, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("layout", sorted(SHARED))
+def test_flex_attention_block_masks_give_the_padded_logprobs(layout, monkeypatch):
+    """`attn_implementation=flex_attention`: the 4-D mask becomes a BlockMask. Forward only, with the uncompiled
+    flex kernel: on the CPU torch's flex attention has no backward (training with it is a GPU feature, refused
+    on the CPU by the config), and inductor fails to recompile it for a new shape."""
+    monkeypatch.setattr(layout_support, "_PROBED", {})
+    monkeypatch.setattr(transformers_flex.WrappedFlexAttention, "__call__", lambda self: flex_attention)
+    model = tiny_causal_lm("llama")
+    pairs = random_pairs(8, seed=4)
+    with torch.no_grad():
+        padded = logprobs.sequence_logprobs(model, collate_padded(pairs, PAD))[0]
+        model.set_attn_implementation("flex_attention")
+        batch = SHARED[layout](pairs)
+        assert isinstance(logprobs.decoder_mask(model, batch.attention_mask), BlockMask)
+        shared = logprobs.sequence_logprobs(model, batch)[0]
+    torch.testing.assert_close(shared, padded, rtol=1e-5, atol=0)
+    assert layout_support.layout_problem(model) is None
+
+
+@pytest.mark.slow  # compiling takes ≈ 15 s on 2 cores
+def test_compiled_blocks_give_the_eager_loss_and_gradients():
+    """`model.compile: true` compiles the policy's blocks; loss and gradients equal the eager policy's."""
+    pairs = random_pairs(6, seed=3)
+    results = []
+    for compile_blocks in (False, True):
+        module = DPOLitModule(model={**MODEL, "compile": compile_blocks}, loss=DPO, optimizer=ADAMW)
+        module.configure_model()
+        loss = module.training_step(SHARED["packed"](pairs), 0)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in module.policy.parameters()]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for compiled, eager in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)
 
 
 def test_lean_and_full_logprobs_are_equal(architecture):

@@ -93,11 +93,13 @@ def test_cache_is_reused_only_for_the_same_fingerprint(tmp_path, monkeypatch):
     assert precompute_reference(cfg, datamodule, trainer) == first  # same fingerprint: reused
     monkeypatch.setattr(reference_module, "compute_table", real_compute)
 
-    # A tokenization setting and the model's weights (same architecture config, other init seed) are in the key.
+    # A tokenization setting, the model's weights (same architecture config, other init seed) and the batch
+    # layout (its values differ by rounding) are in the key.
     shorter = precompute_reference(*_demo(tmp_path, "task.max_length=40"))
     other_model = precompute_reference(*_demo(tmp_path, "model.init_seed=1"))
-    assert len({first, shorter, other_model}) == 3
-    assert all(path.is_file() for path in (first, shorter, other_model))
+    padded = precompute_reference(*_demo(tmp_path, "data.layout=padded"))
+    assert len({first, shorter, other_model, padded}) == 4
+    assert all(path.is_file() for path in (first, shorter, other_model, padded))
 
     # A file under the right name whose stored fingerprint differs is never used: it is recomputed.
     save_file({"keys": torch.zeros(1, dtype=torch.long)}, first, metadata={"fingerprint": "stale"})
