@@ -19,6 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.callbacks import Throughput
 from dpo_lightning.config import TASK_DATA_KEYS, build, validate_config
+from dpo_lightning.console import (
+    print_config_tree,
+    progress_bar,
+    redacted_argv,
+    redacted_config,
+    save_resolved_config,
+)
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.sources import build_source
 from dpo_lightning.eval.callback import SampleEvaluation
@@ -103,11 +110,14 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
     `choices`: the option chosen in each config group (`loss: dpo`, …), recorded in the summary.
     """
     started = time.perf_counter()
-    summary = RunSummary(output_dir, _plain(cfg))
+    summary = RunSummary(output_dir, redacted_config(cfg))
     summary.update(choices=choices or {})
     trainer: L.Trainer | None = None
     try:
+        print_config_tree(cfg)
+        save_resolved_config(cfg, output_dir)
         validate_config(cfg)
+        bar = progress_bar(cfg)  # checks the progress_bar key before any model loads
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tokenizer = load_tokenizer(cfg.model)
         datamodule = build_datamodule(cfg, tokenizer)
@@ -120,9 +130,10 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
             kl_reference=sample_evaluation is not None and cfg.samples.kl,
         )
         throughput = Throughput()
-        trainer = build_trainer(cfg, output_dir, [throughput, *filter(None, [sample_evaluation])])
-        for logger in trainer.loggers:
-            logger.log_hyperparams(_plain(cfg))
+        trainer = build_trainer(cfg, output_dir, [throughput, *filter(None, [sample_evaluation, bar])])
+        with redacted_argv():  # W&B starts its run here and records the command line
+            for logger in trainer.loggers:
+                logger.log_hyperparams(redacted_config(cfg))
         if cfg.reference.name == "precomputed" and module.objective.needs_reference:  # before fit: see reference.py
             module.reference_config["cache_file"] = str(precompute_reference(cfg, datamodule, trainer))
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)  # null: a fresh start
