@@ -1,15 +1,18 @@
 """Source rows → tokenized pairs: one function for map-style and streaming data alike.
 
-    rows (row, prompt, chosen, rejected, problem)
+    rows (row, prompt, chosen, rejected, problem, message)
       └─ triple_problem ─► render conversations with the chat template ─► PairTokenizer ─► prepared columns
 
 A row that fails keeps its place with its `problem` and no token ids; `RowReport` then decides, in one
-place, whether that stops the run (an error naming dataset, split, row and field) or is skipped and
-counted (`skip_bad_rows`). Rows that the task's recipe filters out are always skipped and counted.
+place, whether that stops the run (an error naming dataset, split, row and field, or for an unreadable line
+its file and line) or is skipped and counted (`skip_bad_rows`). Rows that the task's recipe filters out are
+always skipped and counted. Usable rows that repeat an earlier usable row's prompt, chosen and rejected are
+kept and counted (`duplicate_pairs`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from typing import Any
 
@@ -21,12 +24,21 @@ from dpo_lightning.data.tokenize import PairTokenizer
 from dpo_lightning.data.validate import triple_problem
 from dpo_lightning.errors import DataError
 
-REPORT_COLUMNS: tuple[str, ...] = ("row", "problem", "prompt_truncated", "responses_truncated")  # read by RowReport
+# Read by RowReport.
+REPORT_COLUMNS: tuple[str, ...] = ("row", "problem", "message", "prompt_truncated", "responses_truncated", "pair_key")
+# Two different responses that became the same token ids: cut to the same tokens, or encoded alike.
+IDENTICAL_AFTER_TRUNCATION = "chosen: identical to rejected after truncation"
+IDENTICAL_TOKENS = "chosen: identical to rejected as tokens"
+
+
+def pair_key(prompt: str, chosen: str, rejected: str) -> str:
+    """A digest of a pair's texts: equal for equal pairs (what counts duplicates without keeping the texts)."""
+    return hashlib.blake2b(repr((prompt, chosen, rejected)).encode(), digest_size=16).hexdigest()
 
 
 class PairPreparer:
-    """Batched `datasets.map` function: source rows → `row, problem, prompt_ids, chosen_ids, rejected_ids`,
-    plus `prompt_truncated` / `responses_truncated` flags."""
+    """Batched `datasets.map` function: source rows → `row, problem, message, prompt_ids, chosen_ids,
+    rejected_ids`, `prompt_truncated` / `responses_truncated` flags, and `pair_key` ("" for a bad row)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pair_tokenizer: PairTokenizer) -> None:
         self.tokenizer = tokenizer
@@ -52,41 +64,58 @@ class PairPreparer:
                 problems[i] = str(problem)
         prompts, chosen, rejected = ([parts[k] for parts in texts.values()] for k in range(3))
         encoded = dict(zip(texts, self.pair_tokenizer(prompts, chosen, rejected), strict=True))  # position → pair
-        out: dict[str, list] = {"row": list(rows["row"]), "problem": problems}
+        for i, (pair, cut) in list(encoded.items()):
+            if pair.chosen_ids == pair.rejected_ids:  # different texts (triple_problem), the same tokens
+                problems[i] = IDENTICAL_AFTER_TRUNCATION if cut.responses else IDENTICAL_TOKENS
+                del encoded[i]
+        positions = range(len(problems))
+        out: dict[str, list] = {"row": list(rows["row"]), "problem": problems, "message": list(rows["message"])}
         for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
-            out[column] = [getattr(encoded[i][0], column) if i in encoded else [] for i in range(len(problems))]
-        out["prompt_truncated"] = [i in encoded and encoded[i][1].prompt for i in range(len(problems))]
-        out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in range(len(problems))]
+            out[column] = [getattr(encoded[i][0], column) if i in encoded else [] for i in positions]
+        out["prompt_truncated"] = [i in encoded and encoded[i][1].prompt for i in positions]
+        out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in positions]
+        out["pair_key"] = [pair_key(*texts[i]) if i in encoded else "" for i in positions]
         return out
 
 
 class RowReport:
-    """What happened to one split's rows: usable pairs, skipped and filtered rows per reason, truncations."""
+    """What happened to one split's rows: usable pairs, skipped and filtered rows per reason, truncations, and
+    duplicate pairs (among the rows this report accounts, or all that share `seen_pairs`)."""
 
-    def __init__(self, origin: str, skip_bad_rows: bool) -> None:
+    def __init__(self, origin: str, skip_bad_rows: bool, seen_pairs: set[str] | None = None) -> None:
         self.origin = origin
         self.skip_bad_rows = skip_bad_rows
+        self.seen_pairs = set() if seen_pairs is None else seen_pairs  # `pair_key`s of the usable rows so far
         self.rows = 0
         self.skipped: Counter[str] = Counter()
         self.filtered: Counter[str] = Counter()
         self.truncated_prompts = 0
         self.truncated_responses = 0
+        self.duplicate_pairs = 0
 
     def account(self, prepared: dict[str, list]) -> list[bool]:
-        """Count a prepared batch's rows (columns row, problem, prompt_truncated, responses_truncated); raise
-        `DataError` naming its first bad row unless `skip_bad_rows`. Returns whether each row is usable."""
+        """Count a prepared batch's rows (the REPORT_COLUMNS); raise `DataError` naming its first bad row (its
+        `message` if it has one) unless `skip_bad_rows`. Returns whether each row is usable."""
         problems = prepared["problem"]
-        bad = [(row, p) for row, p in zip(prepared["row"], problems, strict=True) if p and not p.startswith(FILTERED)]
+        bad = [
+            (row, problem, message)
+            for row, problem, message in zip(prepared["row"], problems, prepared["message"], strict=True)
+            if problem and not problem.startswith(FILTERED)
+        ]
         if bad and not self.skip_bad_rows:
-            (row, problem), more = bad[0], len(bad) - 1
+            (row, problem, message), more = bad[0], len(bad) - 1
             hint = f" (and {more} more bad rows; set task.skip_bad_rows=true to skip them)" if more else ""
-            raise DataError(f"{self.origin}: row {row}: {problem}{hint}")
-        self.skipped.update(problem for _, problem in bad)
+            raise DataError(f"{message or f'{self.origin}: row {row}: {problem}'}{hint}")
+        self.skipped.update(problem for _, problem, _ in bad)
         self.filtered.update(p.removeprefix(FILTERED) for p in problems if p.startswith(FILTERED))
         usable = [not problem for problem in problems]
         self.rows += sum(usable)
         self.truncated_prompts += sum(f for f, ok in zip(prepared["prompt_truncated"], usable, strict=True) if ok)
         self.truncated_responses += sum(f for f, ok in zip(prepared["responses_truncated"], usable, strict=True) if ok)
+        for key, ok in zip(prepared["pair_key"], usable, strict=True):
+            if ok:
+                self.duplicate_pairs += key in self.seen_pairs
+                self.seen_pairs.add(key)
         return usable
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,6 +125,7 @@ class RowReport:
             "filtered": dict(self.filtered),
             "truncated_prompts": self.truncated_prompts,
             "truncated_responses": self.truncated_responses,
+            "duplicate_pairs": self.duplicate_pairs,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -105,3 +135,4 @@ class RowReport:
         self.filtered.update(other["filtered"])
         self.truncated_prompts += other["truncated_prompts"]
         self.truncated_responses += other["truncated_responses"]
+        self.duplicate_pairs += other["duplicate_pairs"]

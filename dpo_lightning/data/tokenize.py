@@ -6,6 +6,10 @@ response, and if prompt + longer response exceeds `max_length`:
   1. the prompt is cut to `max_prompt_length` tokens (its start for `keep_start`, its end for `keep_end`,
      the right choice for dialogue, where the last turn matters most);
   2. if still too long, both responses are cut to `max_length − max_prompt_length` tokens.
+
+So a response is never empty: it holds at least its EOS, and a cut leaves it `max_length − max_prompt_length`
+≥ 1 tokens (`PairTokenizer` refuses limits without that room). Two different responses can become equal
+token ids when cut; the data module reports such a pair (`prepare.py`).
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ class PairTokenizer:
         truncation_mode: TruncationMode,
         prompt_suffix: str = "",
     ) -> None:
+        if not 1 <= max_prompt_length < max_length:  # else a cut response could be empty (module docstring)
+            raise ConfigError(
+                "task.max_prompt_length", f"must be in [1, task.max_length={max_length}), got {max_prompt_length}"
+            )
         self.tokenizer = tokenizer
         self.limits = {
             "max_length": max_length,

@@ -1,4 +1,5 @@
-"""The checks every triple passes, whatever its source: types, emptiness, and role order for conversations.
+"""The checks every triple passes, whatever its source: types, emptiness, role order for conversations, and
+chosen ≠ rejected.
 
 Sources shape rows into triples; this module decides whether a triple is usable. A problem reads
 `<field>: <reason>`, so that an error can name dataset, split, row and field.
@@ -11,6 +12,8 @@ from typing import Any
 from dpo_lightning.data.chat import role_order_problem
 from dpo_lightning.data.sources.base import TRIPLE_COLUMNS
 
+IDENTICAL = "chosen: identical to rejected"  # the same text, or the same messages: no preference to learn
+
 
 def _value_problem(field: str, value: Any) -> str:
     if value is None:
@@ -21,7 +24,8 @@ def _value_problem(field: str, value: Any) -> str:
         if not value:
             return f"{field}: empty message list"
         if all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in value):
-            return ""
+            empty = [i for i, message in enumerate(value) if not message["content"].strip()]
+            return f"{field}: message {empty[0]} has empty content" if empty else ""
     return f"{field}: expected a string or a list of {{role, content}} messages, got {type(value).__name__}"
 
 
@@ -34,5 +38,7 @@ def triple_problem(prompt: Any, chosen: Any, rejected: Any) -> str:
     if len({isinstance(value, str) for value in values}) > 1:
         return "prompt: prompt, chosen and rejected must all be text or all be message lists"
     if isinstance(prompt, list):
-        return role_order_problem(prompt, chosen, "chosen") or role_order_problem(prompt, rejected, "rejected")
-    return ""
+        roles = role_order_problem(prompt, chosen, "chosen") or role_order_problem(prompt, rejected, "rejected")
+        if roles:
+            return roles
+    return IDENTICAL if chosen == rejected else ""

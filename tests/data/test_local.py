@@ -46,7 +46,7 @@ def test_separate_validation_file_and_renamed_columns(tmp_path):
     source = LocalSource(
         str(train), val_path=str(val), prompt_column="question", chosen_column="good", rejected_column="bad"
     )
-    assert source.load("train").column_names == ["row", "prompt", "chosen", "rejected", "problem"]
+    assert source.load("train").column_names == ["row", "prompt", "chosen", "rejected", "problem", "message"]
     assert len(source.load("train")) == 20 and list(source.load("validation")["prompt"]) == [
         r["prompt"] for r in ROWS[:3]
     ]

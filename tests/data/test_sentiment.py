@@ -78,7 +78,7 @@ def test_source_splits_are_fixed_and_disjoint():
     source = SentimentSource(num_train_pairs=300, num_val_pairs=50, seed=9, min_margin=MARGIN)
     train, validation = source.load("train"), source.load("validation")
     assert (len(train), len(validation)) == (300, 50)
-    assert train.column_names == ["row", "prompt", "chosen", "rejected", "problem"]
+    assert train.column_names == ["row", "prompt", "chosen", "rejected", "problem", "message"]
     assert list(train["row"]) == list(range(300)) and set(train["problem"]) == {""}
     assert all(train.features[column].dtype == "string" for column in ("prompt", "chosen", "rejected"))
     assert not set(train["prompt"]) & set(validation["prompt"])

@@ -2,10 +2,13 @@
 
 A source returns, for a split name ("train" or "validation"), rows with the columns
 
-    row                        the row's 0-based index in the split as read (for naming bad rows)
+    row                        the row's 0-based position among the split's records as read: over its files
+                               in order (JSON Lines: non-blank lines), before any hold-out (for naming bad rows)
     prompt, chosen, rejected   a string each, or (conversational data) a list of {"role", "content"} messages
     problem                    "" for a usable row; "<field>: <reason>" for a row that cannot be used;
-                               "filtered: <reason>" for a row the task's recipe leaves out on purpose
+                               "filtered: <reason>" for a row the task's recipe leaves out on purpose; the
+                               reason alone ("malformed JSON") for a stand-in of an unreadable line (files.py)
+    message                    a stand-in's whole error, "<file>: line <n>: <reason> (<detail>)"; else ""
 
 as a `datasets.Dataset`, or with `streaming=True` a `datasets.IterableDataset` read lazily. Sources never
 tokenize and never drop rows: every row keeps its place, so that the data module can report a bad one
@@ -25,6 +28,7 @@ from typing import Any, Protocol
 
 import datasets
 
+from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR, check_data_file, first_line, read_files
 from dpo_lightning.errors import ConfigError, DataError
 
 TRIPLE_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
@@ -32,8 +36,7 @@ SPLITS: tuple[str, ...] = ("train", "validation")
 FILTERED = "filtered: "  # prefix of the `problem` of a row left out by the task's recipe (always skipped, counted)
 # A conversation: a list of {"role", "content"} messages (sources normalise messages to exactly these keys).
 MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
-# File suffix → `datasets` builder name.
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+POSITION = "__row__"  # raw column: the row's position in its files, where rows were reordered (a hold-out)
 
 
 class RowProblem(ValueError):
@@ -57,7 +60,7 @@ class PreferenceSource(Protocol):
     """What `PreferenceDataModule` needs from a task."""
 
     def load(self, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
-        """Rows of `split` with the columns row, prompt, chosen, rejected, problem (module docstring)."""
+        """Rows of `split` with the columns row, prompt, chosen, rejected, problem, message (module docstring)."""
         ...
 
     def origin(self, split: str) -> str:
@@ -68,24 +71,15 @@ class PreferenceSource(Protocol):
 def row_features(conversational: bool) -> datasets.Features:
     """The column types of a source's output; explicit, because a bad row's values are None."""
     value = MESSAGES if conversational else datasets.Value("string")
+    text = datasets.Value("string")
     return datasets.Features(
-        {"row": datasets.Value("int64"), **dict.fromkeys(TRIPLE_COLUMNS, value), "problem": datasets.Value("string")}
+        {"row": datasets.Value("int64"), **dict.fromkeys(TRIPLE_COLUMNS, value), "problem": text, "message": text}
     )
 
 
-def check_data_file(key: str, path: str) -> Path:
-    """A local data file that exists and that `datasets` can read, else a ConfigError naming `key`."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(key, f"file not found: {path}")
-    if file.suffix not in BUILDERS:
-        raise ConfigError(key, f"unsupported file type {file.suffix!r}; use one of {sorted(BUILDERS)}")
-    return file
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def _data_columns(columns: Any) -> list[str]:
+    """The columns of the data itself, without those this package adds (stand-ins, positions)."""
+    return [c for c in columns if c not in (UNREADABLE, UNREADABLE_ERROR, POSITION)]
 
 
 class RowSource:
@@ -120,28 +114,24 @@ class RowSource:
         columns = rows.column_names
         missing = [c for c in self.required_columns if columns is not None and c not in columns]
         if missing:
-            raise DataError(f"{origin}: missing column(s) {missing}; found {columns}")
+            raise DataError(f"{origin}: missing column(s) {missing}; found {_data_columns(columns)}")
 
     def _parse_row(self, row: dict[str, Any], index: int, origin: str) -> dict[str, Any]:
-        try:
-            triple, problem = self.parse(row), ""
-        except RowProblem as error:
-            triple, problem = {}, str(error)
-        except RowFiltered as error:
-            triple, problem = {}, FILTERED + str(error)
-        except KeyError as missing:
-            raise DataError(f"{origin}: row {index}: missing column {missing}; found {sorted(row)}") from None
-        return {"row": index, **{c: triple.get(c) for c in TRIPLE_COLUMNS}, "problem": problem}
-
-
-def read_files(files: list[Path], streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
-    """Local files (shards of one split) with the `datasets` builder their suffix names."""
-    try:
-        return datasets.load_dataset(
-            BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train", streaming=streaming
-        )
-    except Exception as error:  # pyarrow / datasets parse errors: name the files, keep their message
-        raise DataError(f"{', '.join(str(f) for f in files)}: cannot read: {_first_line(error)}") from error
+        index = row.get(POSITION, index)
+        triple, message = {}, ""
+        if row.get(UNREADABLE):  # a stand-in for an unreadable line (files.py)
+            problem, message = row[UNREADABLE], row[UNREADABLE_ERROR]
+        else:
+            try:
+                triple, problem = self.parse(row), ""
+            except RowProblem as error:
+                problem = str(error)
+            except RowFiltered as error:
+                problem = FILTERED + str(error)
+            except KeyError as missing:
+                found = sorted(_data_columns(row))
+                raise DataError(f"{origin}: row {index}: missing column {missing}; found {found}") from None
+        return {"row": index, **{c: triple.get(c) for c in TRIPLE_COLUMNS}, "problem": problem, "message": message}
 
 
 class HubSource(RowSource):
@@ -202,6 +192,6 @@ class HubSource(RowSource):
             )
         except Exception as error:  # offline, unknown id or subset, no access, a loading script: one line
             raise DataError(
-                f"cannot load {self.path!r} from the Hugging Face hub ({_first_line(error)}); without network, point "
+                f"cannot load {self.path!r} from the Hugging Face hub ({first_line(error)}); without network, point "
                 "the task at local files in the hub schema: task.data_files.train=FILE task.data_files.validation=FILE"
             ) from error

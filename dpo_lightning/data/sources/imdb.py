@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 
 from dpo_lightning.data.sources.base import HubSource, RowProblem, as_text
+from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR
 from dpo_lightning.errors import ConfigError, DataError
 
 _LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -55,6 +56,8 @@ class IMDbPrompts(HubSource):
         origin = self.origin(split)
         self.check_columns(rows := self.read(split, streaming=True), origin)
         for index, row in enumerate(rows):
+            if row.get(UNREADABLE):  # a stand-in for an unreadable line (files.py): no prompt to make
+                raise DataError(row[UNREADABLE_ERROR])
             try:
                 yield self.prefix(as_text(row["text"], "text"), index)
             except RowProblem as problem:

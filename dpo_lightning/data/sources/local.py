@@ -18,7 +18,8 @@ import math
 import datasets
 
 from dpo_lightning.data.chat import Messages, as_messages
-from dpo_lightning.data.sources.base import RowProblem, RowSource, as_text, check_data_file, read_files
+from dpo_lightning.data.sources.base import POSITION, RowProblem, RowSource, as_text
+from dpo_lightning.data.sources.files import UNREADABLE, check_data_file, read_files
 from dpo_lightning.errors import ConfigError
 
 
@@ -81,19 +82,21 @@ class LocalSource(RowSource):
         return rows
 
     def _hold_out(self, rows: datasets.Dataset) -> datasets.DatasetDict:
-        """A seeded split of `rows` into "train" and "test" (validation) parts, both non-empty."""
+        """A seeded split of `rows` into "train" and "test" (validation) parts, both non-empty; each row keeps
+        its position in the file (column POSITION), which names it in errors."""
         self.check_columns(rows, str(self.files["train"]))
         held_out = self.val_size if self.val_size < 1 else int(self.val_size)
         count = math.ceil(held_out * len(rows)) if held_out < 1 else held_out
         if not 1 <= count < len(rows):
             raise ConfigError("task.val_size", f"holds out {count} of {len(rows)} rows; both splits need ≥ 1")
+        rows = rows.add_column(POSITION, range(len(rows)))
         return rows.train_test_split(test_size=count, seed=self.seed, shuffle=True)
 
     def _is_conversational(self, rows: datasets.Dataset | datasets.IterableDataset) -> bool:
-        """Whether the chosen column holds message lists (from the schema, or the first row of a stream)."""
+        """Whether the chosen column holds message lists (from the schema, or the first readable row of a stream)."""
         if rows.features is not None and self.chosen_column in rows.features:
             return isinstance(rows.features[self.chosen_column], (datasets.List, datasets.LargeList, list))
-        first = next(iter(rows.take(1)), {})
+        first = next((row for row in rows if not row.get(UNREADABLE)), {})  # the first readable row
         return isinstance(first.get(self.chosen_column), list)
 
     def parse(self, row: dict) -> dict:

@@ -256,5 +256,7 @@ class SentimentSource:
             total = self.num_train_pairs + self.num_val_pairs
             self._rows = generate_sentiment_pairs(total, self.seed, self.min_margin)
         rows = self._rows[: self.num_train_pairs] if split == "train" else self._rows[self.num_train_pairs :]
-        table = datasets.Dataset.from_list([{"row": i, **row, "problem": ""} for i, row in enumerate(rows)])
+        table = datasets.Dataset.from_list(
+            [{"row": i, **row, "problem": "", "message": ""} for i, row in enumerate(rows)]
+        )
         return table.to_iterable_dataset() if streaming else table

@@ -1,0 +1,176 @@
+"""Local data files: which files a task may name, and reading them so that an unreadable record keeps its place.
+
+JSON Lines files (`.jsonl`, and `.json` files that are not one JSON array) are scanned line by line before
+`datasets` reads them. A line that is not UTF-8, not JSON, or JSON but not an object becomes a *stand-in*
+record in a copy of the file (kept in a temporary folder for the life of the process):
+
+    {"__unreadable__": "malformed JSON", "__unreadable_error__": "data.jsonl: line 3: malformed JSON (…)"}
+
+so that it keeps its place among the rows, and the data module reports it (with `skip_bad_rows`: skips it and
+counts it under its reason). A file without such lines is read as it is. Blank lines are not records.
+
+A `.json` file holding one JSON array and a `.csv` file cannot be read record by record (a CSV record may span
+lines), so malformed JSON or invalid UTF-8 there stops the run with an error naming file and line, skip or not.
+Parquet files are read as they are (Arrow checks UTF-8 when they are written).
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from dpo_lightning.errors import ConfigError, DataError
+
+# File suffix → `datasets` builder name.
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# Raw columns of a stand-in record: its reason (what summary.json counts) and the whole one-line error.
+UNREADABLE, UNREADABLE_ERROR = "__unreadable__", "__unreadable_error__"
+MALFORMED_JSON, INVALID_UTF8, NOT_AN_OBJECT = "malformed JSON", "invalid UTF-8", "not a JSON object"
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def check_data_file(key: str, path: str) -> Path:
+    """A local data file that exists and that `datasets` can read, else a ConfigError naming `key`."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(key, f"file not found: {path}")
+    if file.suffix not in BUILDERS:
+        raise ConfigError(key, f"unsupported file type {file.suffix!r}; use one of {sorted(BUILDERS)}")
+    return file
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def read_files(files: list[Path], streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    """Local files (shards of one split) with the `datasets` builder their suffix names; JSON Lines files with
+    unreadable lines are read from copies holding stand-ins for those lines (module docstring)."""
+    readable = [_readable(file, *_version(file)) for file in files]
+    try:
+        return datasets.load_dataset(
+            BUILDERS[files[0].suffix], data_files=[str(f) for f in readable], split="train", streaming=streaming
+        )
+    except Exception as error:  # pyarrow / datasets parse errors: name the files, keep their message
+        raise DataError(f"{', '.join(str(f) for f in files)}: cannot read: {first_line(error)}") from error
+
+
+def _version(file: Path) -> tuple[int, int]:
+    """(size, modification time): a file read again after it has changed is scanned again."""
+    stat = file.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.cache
+def _readable(file: Path, size: int, mtime_ns: int) -> Path:
+    """`file`, or a copy of it with stand-ins for its unreadable JSON lines; `DataError` for a CSV file or a
+    JSON array with an unreadable record."""
+    if file.suffix == ".csv" or (file.suffix == ".json" and _is_json_array(file)):
+        for number, line in _lines(file):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{file}: line {number}: {INVALID_UTF8} ({_byte_at(line, error)})") from None
+        if file.suffix == ".json":
+            _check_json_document(file)
+        return file
+    if file.suffix in (".jsonl", ".json"):
+        return _with_stand_ins(file)
+    return file
+
+
+def _lines(file: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, bytes) of every non-blank line (a leading byte-order mark removed)."""
+    with file.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.removeprefix(codecs.BOM_UTF8) if number == 1 else line
+            if line.strip():
+                yield number, line
+
+
+def _byte_at(line: bytes, error: UnicodeDecodeError) -> str:
+    return f"byte {line[error.start]:#04x} at byte {error.start + 1} of the line"
+
+
+def _line_problem(line: bytes) -> tuple[str, str] | None:
+    """(reason, detail) if a JSON Lines line is not a readable record, else None."""
+    try:
+        value = json.loads(line.rstrip(b"\r\n").decode("utf-8"))  # without its line end, the column is the line's
+    except UnicodeDecodeError as error:
+        return INVALID_UTF8, _byte_at(line, error)
+    except json.JSONDecodeError as error:
+        return MALFORMED_JSON, f"{error.msg} at column {error.colno}"
+    if not isinstance(value, dict):
+        return NOT_AN_OBJECT, f"got {_JSON_TYPES.get(type(value), 'null')}"
+    return None
+
+
+def _with_stand_ins(file: Path) -> Path:
+    """`file` if every line is a readable JSON object, else a copy with a stand-in record for each line that is
+    not; a `DataError` if no line is readable (there would be no columns to read)."""
+    first, records = 0, 0  # the first record's line number; how many records (non-blank lines)
+    problems: dict[int, tuple[str, str]] = {}  # line number → (reason, detail)
+    for number, line in _lines(file):
+        first, records = first or number, records + 1
+        if problem := _line_problem(line):
+            problems[number] = problem
+    if not problems or (file.suffix == ".json" and _is_json_document(file)):  # one (multi-line) JSON object
+        return file
+    if len(problems) == records:
+        reason, detail = problems[first]
+        raise DataError(f"{file}: no line is a readable JSON object (line {first}: {reason} ({detail}))")
+    copy = Path(_copies().name) / hashlib.sha1(str(file).encode()).hexdigest()[:16] / file.name
+    copy.parent.mkdir(exist_ok=True)
+    with copy.open("wb") as out:
+        for number, line in _lines(file):
+            if number in problems:
+                reason, detail = problems[number]
+                line = _json_line({UNREADABLE: reason, UNREADABLE_ERROR: f"{file}: line {number}: {reason} ({detail})"})
+            elif number == first:  # `datasets` takes its columns from the first lines: announce the stand-ins'
+                line = _json_line({UNREADABLE: "", UNREADABLE_ERROR: "", **json.loads(line)})
+            out.write(line if line.endswith(b"\n") else line + b"\n")
+    return copy
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record).encode() + b"\n"
+
+
+@functools.cache
+def _copies() -> tempfile.TemporaryDirectory:
+    """The process's folder of file copies with stand-ins (cached, so it stays until the process ends)."""
+    return tempfile.TemporaryDirectory(prefix="dpo-lightning-stand-ins-")
+
+
+def _is_json_array(file: Path) -> bool:
+    """Whether a .json file holds one JSON array (read whole), not JSON Lines — as `datasets` decides."""
+    with file.open("rb") as handle:
+        return handle.read(len(codecs.BOM_UTF8) + 1).removeprefix(codecs.BOM_UTF8).startswith(b"[")
+
+
+def _is_json_document(file: Path) -> bool:
+    try:
+        json.loads(file.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def _check_json_document(file: Path) -> None:
+    """`DataError` naming file and line if a whole-file JSON document (UTF-8, checked) is not JSON."""
+    try:
+        json.loads(file.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{file}: line {error.lineno}: {MALFORMED_JSON} ({error.msg} at column {error.colno})"
+        ) from None
