@@ -16,10 +16,12 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dpo_lightning.config import check_group_choices
 from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.sweep import finish_sweep, run_sweep_job
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -44,22 +46,37 @@ def one_line_errors(function: Callable[[DictConfig], Any]) -> Callable[[DictConf
 
 def command(hydra_main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point around a `hydra.main` function: unknown `group=option` overrides fail in one
-    line before Hydra parses the command line."""
+    line before Hydra parses the command line. A multirun ends with status 1 when any of its jobs did not
+    complete (`sweep.finish_sweep`)."""
 
     def main() -> None:
         try:
-            check_group_choices(sys.argv[1:], CONF_DIR)
+            check_group_choices([arg for arg in sys.argv[1:] if not _hydra_group(arg)], CONF_DIR)
         except ConfigError as error:
             _fail(error)
-        hydra_main()
+        try:
+            hydra_main()
+        finally:
+            status = finish_sweep()  # a multirun: sweep_summary.csv written, 1 when a job did not complete
+        if status:
+            sys.exit(status)
 
     return main
 
 
+def _hydra_group(argument: str) -> bool:
+    """`hydra/launcher=…`, `hydra/sweeper=…`: Hydra checks these itself (plugins register their options in its
+    ConfigStore, next to ours in conf/hydra/)."""
+    return argument.lstrip("+~").startswith("hydra/")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @one_line_errors
-def _train(cfg: DictConfig) -> None:
+def _train(cfg: DictConfig) -> float | None:
+    """Train one run; in a multirun, return the job's objective (`optimized_metric`) and log a failure
+    instead of raising it (`sweep.run_sweep_job`), so the other jobs still run."""
     from dpo_lightning.run import run  # heavy imports after Hydra has parsed the command line
+    from dpo_lightning.wandb_logging import name_sweep_run
 
     # Hydra's logging already prints and files every record; Lightning's own console handlers would print
     # each of its messages a second time (and keep them out of train.log).
@@ -67,9 +84,14 @@ def _train(cfg: DictConfig) -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
 
-    runtime = HydraConfig.get().runtime
+    hydra_config = HydraConfig.get()
+    runtime = hydra_config.runtime
     choices = {group: option for group, option in runtime.choices.items() if not group.startswith("hydra")}
-    run(cfg, Path(runtime.output_dir), choices)
+    if hydra_config.mode != RunMode.MULTIRUN:
+        run(cfg, Path(runtime.output_dir), choices)
+        return None
+    name_sweep_run(cfg.get("logger"), str(hydra_config.sweep.dir), hydra_config.job.override_dirname)
+    return run_sweep_job(lambda: run(cfg, Path(runtime.output_dir), choices), cfg.get("optimized_metric"))
 
 
 main = command(_train)

@@ -14,11 +14,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig
 
 from dpo_lightning.errors import ConfigError
 
 MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_SERVER = "https://api.wandb.ai"
+TARGET = f"{__name__}.wandb_logger"  # conf/logger/wandb.yaml's _target_
 
 
 def _has_credentials(host: str) -> bool:
@@ -74,3 +76,15 @@ def wandb_logger(
         mode=resolved,
         settings={"silent": True, "init_timeout": 60},
     )
+
+
+def name_sweep_run(logger: DictConfig | None, sweep_dir: str, overrides: str) -> None:
+    """A multirun job's W&B run joins its sweep: `logger.group` ← the sweep folder (`hydra.sweep.dir`) and
+    `logger.name` ← the job's overrides (Hydra's `job.override_dirname`, e.g. `beta=0.5,loss=ipo`), each only
+    where the config leaves it null. Other loggers are left alone."""
+    if logger is None or logger.get("_target_") != TARGET:
+        return
+    if logger.group is None:
+        logger.group = sweep_dir
+    if logger.name is None and overrides:
+        logger.name = overrides

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+from wandb.proto import wandb_internal_pb2
 
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.wandb_logging import resolve_mode
+from dpo_lightning.wandb_logging import name_sweep_run, resolve_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake 40-character W&B key
@@ -20,6 +22,30 @@ def no_netrc(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def wandb_run_record(wandb_dir: Path) -> wandb_internal_pb2.RunRecord:
+    """The run record (entity, project, group, name, …) of the one offline W&B run under `wandb_dir`, read from
+    its `.wandb` file: W&B's record log (LevelDB's log format: 32 KiB blocks of records with a 7-byte header —
+    CRC, length, type full/first/middle/last — after a 7-byte file header), each record a protobuf `Record`."""
+    (path,) = wandb_dir.glob("offline-run-*/*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, position, pieces = 32768, 7, b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
+        pieces += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # full, last
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            if record.WhichOneof("record_type") == "run":
+                return record.run
+    raise AssertionError(f"{path}: no run record")
 
 
 def _closed_port() -> int:
@@ -91,6 +117,9 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+    run = wandb_run_record(run_dir / "wandb")
+    assert run.project == "dpo-lightning" and run.run_group == ""  # a single run: no group, a name W&B picks
+    assert "logger=wandb" not in run.display_name
     (table,) = offline_runs[0].rglob("val/samples_*.table.json")  # the validation sample table
     content = json.loads(table.read_text())
     assert content["columns"][:3] == ["prompt", "policy", "reference"] and len(content["data"]) == 4
@@ -98,3 +127,15 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_a_sweep_job_joins_its_sweeps_group_and_is_named_by_its_overrides():
+    logger = OmegaConf.load(ROOT / "conf" / "logger" / "wandb.yaml")
+    name_sweep_run(logger, "outputs/multirun/2026-01-02/03-04-05", "beta=0.5,loss=ipo")
+    assert (logger.group, logger.name) == ("outputs/multirun/2026-01-02/03-04-05", "beta=0.5,loss=ipo")
+    chosen = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "logger" / "wandb.yaml"), {"group": "g", "name": "n"})
+    name_sweep_run(chosen, "outputs/multirun/x", "beta=0.5")
+    assert (chosen.group, chosen.name) == ("g", "n")  # set in the config: kept
+    csv_logger = OmegaConf.load(ROOT / "conf" / "logger" / "csv.yaml")
+    name_sweep_run(csv_logger, "outputs/multirun/x", "beta=0.5")
+    assert csv_logger == OmegaConf.load(ROOT / "conf" / "logger" / "csv.yaml")  # not W&B: unchanged

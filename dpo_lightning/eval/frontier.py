@@ -4,7 +4,8 @@
 under SWEEP_DIR holding `summary.json`) and writes `frontier.csv` and `frontier.png`;
 `python -m dpo_lightning.eval.frontier --run SWEEP_DIR -- <train.py overrides…>` runs the sweep first.
 One point per run (its final validation) or, with `--per-validation`, one per validation row of
-`csv/metrics.csv` (the policy at that training step). One series per loss (`choices.loss`).
+`csv/metrics.csv` (the policy at that training step). One series per loss (`choices.loss`). When the runs
+logged to W&B (`logger=wandb`), the plot also goes to W&B (`log_to_wandb`; `--no-wandb`: not).
 """
 
 from __future__ import annotations
@@ -163,6 +164,52 @@ def format_table(points: Sequence[FrontierPoint]) -> str:
     return "\n".join(lines)
 
 
+def wandb_settings(sweep_dir: Path) -> dict[str, Any] | None:
+    """The W&B logger config (summary.json's `config.logger`) of the first run under `sweep_dir` that logged to
+    W&B, or None. In a sweep its `group` is the sweep folder (`wandb_logging.name_sweep_run`)."""
+    from dpo_lightning.wandb_logging import TARGET
+
+    for folder in find_runs(sweep_dir):
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue  # collect_points reports it
+        logger = _mapping(_mapping(_mapping(summary).get("config")).get("logger"))
+        if logger.get("_target_") == TARGET:
+            return logger
+    return None
+
+
+def log_to_wandb(png_path: Path, title: str, settings: dict[str, Any] | None) -> str | None:
+    """Log the frontier image (key `frontier`) to the active W&B run, or else, given the runs' W&B `settings`
+    (`wandb_settings`), to a new run named `frontier` in their project, entity and group, in the mode their
+    `mode` resolves to (offline without credentials), with its files in `png_path`'s folder. Returns where it
+    went, None when there is neither."""
+    import wandb
+
+    if wandb.run is None and settings is None:
+        return None
+    image = {"frontier": wandb.Image(str(png_path), caption=title)}
+    if wandb.run is not None:
+        wandb.run.log(image)
+        return f"the active W&B run {wandb.run.name}"
+    from dpo_lightning.wandb_logging import resolve_mode
+
+    mode = resolve_mode(settings.get("mode") or "auto")
+    with wandb.init(
+        project=settings.get("project"),
+        entity=settings.get("entity"),
+        group=settings.get("group"),
+        name="frontier",
+        job_type="frontier",
+        dir=str(png_path.parent),
+        mode=mode,
+        settings=wandb.Settings(silent=True, init_timeout=60),
+    ) as run:
+        run.log(image)
+    return f"W&B run frontier ({mode}, project {settings.get('project')}, group {settings.get('group')})"
+
+
 def sweep_command(sweep_dir: Path, overrides: Sequence[str]) -> list[str]:
     """`python train.py -m <overrides> hydra.sweep.dir=<sweep_dir>` (run from the repository root)."""
     return [sys.executable, str(ROOT / "train.py"), "-m", *overrides, f"hydra.sweep.dir={_hydra_value(sweep_dir)}"]
@@ -199,6 +246,7 @@ def main(
     parser.add_argument("--run", type=Path, metavar="SWEEP_DIR", help="run a train.py sweep into SWEEP_DIR first")
     parser.add_argument("--per-validation", action="store_true", help="one point per validation, not per run")
     parser.add_argument("--out", type=Path, help="where frontier.csv and frontier.png go (default: SWEEP_DIR)")
+    parser.add_argument("--no-wandb", action="store_true", help="do not log the plot to W&B (see log_to_wandb)")
     args = parser.parse_args(argv)
     if (args.sweep_dir is None) == (args.run is None):
         parser.error("give SWEEP_DIR or --run SWEEP_DIR (one of them)")
@@ -220,8 +268,12 @@ def main(
     if not any(point.plotted for point in points):
         print(f"error: {sweep_dir}: no run has {REWARD} and {KL} to plot", file=sys.stderr)
         return 2
-    csv_path, png_path = write_frontier(points, args.out or sweep_dir, frontier_title(points))
+    title = frontier_title(points)
+    csv_path, png_path = write_frontier(points, args.out or sweep_dir, title)
     print(f"wrote {csv_path} and {png_path}")
+    logged = None if args.no_wandb else log_to_wandb(png_path, title, wandb_settings(sweep_dir))
+    if logged:
+        print(f"logged {png_path.name} to {logged}")
     return 0
 
 
