@@ -17,22 +17,23 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.config import check_group_choices
-from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.errors import ConfigError, DataError, RunError
 from dpo_lightning.sweep import finish_sweep, run_sweep_job
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception, status: int = 2) -> None:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def one_line_errors(function: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task function: a ConfigError or DataError becomes one line on stderr and exit status 2."""
+    """Wrap a Hydra task function: a ConfigError or DataError becomes one line on stderr and exit status 2, a
+    RunError (training cannot go on: divergence, a checkpoint that cannot be written) one line and status 1."""
 
     @functools.wraps(function)
     def wrapped(cfg: DictConfig) -> Any:
@@ -40,18 +41,24 @@ def one_line_errors(function: Callable[[DictConfig], Any]) -> Callable[[DictConf
             return function(cfg)
         except (ConfigError, DataError) as error:
             _fail(error)
+        except RunError as error:
+            _fail(error, status=1)
 
     return wrapped
 
 
 def command(hydra_main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point around a `hydra.main` function: unknown `group=option` overrides fail in one
-    line before Hydra parses the command line. A multirun ends with status 1 when any of its jobs did not
-    complete (`sweep.finish_sweep`)."""
+    line before Hydra parses the command line, and `resume=` picks the run folder (`resume.resume_arguments`).
+    A multirun ends with status 1 when any of its jobs did not complete (`sweep.finish_sweep`)."""
 
     def main() -> None:
         try:
             check_group_choices([arg for arg in sys.argv[1:] if not _hydra_group(arg)], CONF_DIR)
+            if any(argument.startswith("resume=") for argument in sys.argv[1:]):
+                from dpo_lightning.resume import resume_arguments  # imports Lightning: only when asked
+
+                sys.argv[1:] = resume_arguments(sys.argv[1:])
         except ConfigError as error:
             _fail(error)
         try:
@@ -75,6 +82,7 @@ def _hydra_group(argument: str) -> bool:
 def _train(cfg: DictConfig) -> float | None:
     """Train one run; in a multirun, return the job's objective (`optimized_metric`) and log a failure
     instead of raising it (`sweep.run_sweep_job`), so the other jobs still run."""
+    from dpo_lightning.console import redact, secret_values
     from dpo_lightning.run import run  # heavy imports after Hydra has parsed the command line
     from dpo_lightning.wandb_logging import name_sweep_run
 
@@ -90,7 +98,9 @@ def _train(cfg: DictConfig) -> float | None:
     if hydra_config.mode != RunMode.MULTIRUN:
         run(cfg, Path(runtime.output_dir), choices)
         return None
-    name_sweep_run(cfg.get("logger"), str(hydra_config.sweep.dir), hydra_config.job.override_dirname)
+    secrets = secret_values(OmegaConf.to_container(cfg, resolve=False))
+    name = redact(hydra_config.job.override_dirname, secrets)  # a W&B run name never shows a secret override
+    name_sweep_run(cfg.get("logger"), str(hydra_config.sweep.dir), name)
     return run_sweep_job(lambda: run(cfg, Path(runtime.output_dir), choices), cfg.get("optimized_metric"))
 
 

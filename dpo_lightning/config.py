@@ -103,6 +103,11 @@ def validate_config(cfg: DictConfig) -> None:
     )
 
     _require(cfg.beta > 0, "beta", f"must be > 0, got {cfg.beta}")
+    _require(
+        cfg.get("resume") is None or cfg.get("ckpt_path") is None,
+        "resume",
+        "set either resume (continue a run in its folder) or ckpt_path (start from a checkpoint), not both",
+    )
     check_parallel_config(cfg)
     check_loss_config(cfg)
     check_samples_config(cfg.samples)

@@ -1,4 +1,4 @@
-"""The two kinds of user-facing failure: a bad config and bad data. Both print as one line."""
+"""User-facing failures, each printed as one line: a bad config, bad data, and a run that cannot go on."""
 
 from __future__ import annotations
 
@@ -16,3 +16,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A data file or row that cannot be used, named by origin (file/dataset and split), row and field."""
+
+
+class RunError(RuntimeError):
+    """Training cannot go on (a diverging loss, a checkpoint that cannot be written), with what to do about it."""

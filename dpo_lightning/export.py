@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -54,6 +55,11 @@ class RunSummary:
         self.content["metrics"].update({name: _json_value(value) for name, value in metrics.items()})
 
     def fail(self, error: BaseException) -> None:
+        """Record why the run ended early: "preempted" (SIGTERM; `checkpoints/last.ckpt` was saved: continue with
+        resume=auto), "interrupted" (Ctrl-C) or "failed"."""
+        if isinstance(error, SIGTERMException):
+            self.update(status="preempted", error="SIGTERM: checkpoints/last.ckpt saved; rerun with resume=auto")
+            return
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         self.update(
             status=status,

@@ -69,7 +69,7 @@ class DPOLitModule(L.LightningModule):
         kl_reference: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # checkpoints keep them; loggers get run()'s redacted config
         self.objective: Objective = build(loss)
         self.reference_config = dict(reference or {"name": "model"})
         self.policy: torch.nn.Module | None = None

@@ -73,15 +73,15 @@ class FSDP2Strategy(ModelParallelStrategy):
     def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(self.broadcast(checkpoint_path))
         if not _is_sharded_checkpoint(path):
-            return super().load_checkpoint(path, weights_only)
+            return super().load_checkpoint(path, weights_only)  # a single file: the run's SafetensorsCheckpointIO
         module = self.lightning_module
         state = {
             "state_dict": saved_children(module),
             **{f"optimizer_{i}": optimizer for i, optimizer in enumerate(self.optimizers)},
         }
         return _load_checkpoint(
-            path, state, strict=module.strict_loading, optimizer_states_from_list=True, weights_only=weights_only
-        )
+            path, state, strict=module.strict_loading, optimizer_states_from_list=True, weights_only=True
+        )  # never unpickle code: Lightning's metadata in the folder loads with torch.load(weights_only=True)
 
 
 def saved_children(module: LightningModule) -> nn.ModuleDict:

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.callbacks import Throughput
+from dpo_lightning.checkpointing import SafetensorsCheckpointIO
 from dpo_lightning.config import TASK_DATA_KEYS, build, validate_config
 from dpo_lightning.console import (
     print_config_tree,
@@ -31,10 +32,12 @@ from dpo_lightning.data.sources import build_source
 from dpo_lightning.eval.callback import SampleEvaluation
 from dpo_lightning.eval.sampling import SamplingSettings
 from dpo_lightning.export import RunSummary, export_policy
+from dpo_lightning.faults import DivergenceGuard, Preemption
 from dpo_lightning.models import load_tokenizer
 from dpo_lightning.module import DPOLitModule
 from dpo_lightning.parallel import full_state_dict
 from dpo_lightning.reference import export_model, precompute_reference
+from dpo_lightning.resume import LAST_CHECKPOINT, RandomState, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,17 @@ def build_sample_evaluation(cfg: DictConfig, tokenizer, output_dir: Path) -> Sam
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    """The configured Trainer, with checkpoints as safetensors written atomically (`checkpointing`), the run's
+    fault handling (`faults`: divergence, SIGTERM) and RNG states kept in checkpoints (`resume.RandomState`)."""
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", **_plain(cfg.checkpoint))
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
+    run_callbacks = [checkpoint, DivergenceGuard(), Preemption(output_dir / LAST_CHECKPOINT), RandomState()]
     return instantiate(
-        cfg.trainer, default_root_dir=str(output_dir), logger=loggers, callbacks=[checkpoint, *callbacks]
+        cfg.trainer,
+        default_root_dir=str(output_dir),
+        logger=loggers,
+        callbacks=[*run_callbacks, *callbacks],
+        plugins=[SafetensorsCheckpointIO()],
     )
 
 
@@ -136,7 +146,10 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
                 logger.log_hyperparams(redacted_config(cfg))
         if cfg.reference.name == "precomputed" and module.objective.needs_reference:  # before fit: see reference.py
             module.reference_config["cache_file"] = str(precompute_reference(cfg, datamodule, trainer))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)  # null: a fresh start
+        start = cfg.ckpt_path or resume_checkpoint(cfg.resume, output_dir)  # None: a fresh start
+        if start is not None:
+            log.info("continuing from %s", start)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=start)
         train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         trainer.validate(module, datamodule=datamodule, verbose=False)
         summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))

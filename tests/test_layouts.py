@@ -301,7 +301,7 @@ def test_the_config_picks_layout_and_length_grouping(tmp_path):
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
-    assert isinstance(loader.sampler, LengthGroupedSampler)
+    assert isinstance(loader.sampler.order, LengthGroupedSampler)  # inside the ResumableSampler
     batch = next(iter(loader))
     assert batch.attention_mask.dim() == 4 and batch.num_pairs == 8
     assert batch.attention_mask.shape[-1] <= 256 and batch.attention_mask.shape[0] < 8  # several pairs a row

@@ -206,7 +206,7 @@ def _worker(rank: int, port: int, folder: Path) -> None:
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_ddp_and_fsdp_gradients_equal_one_process_and_never_reach_the_reference(tmp_path):
     mp.spawn(_worker, args=(_free_port(), tmp_path), nprocs=2)
-    saved = torch.load(tmp_path / "results.pt", weights_only=False)
+    saved = torch.load(tmp_path / "results.pt", weights_only=True)
 
     # One process, the whole batch of 8 pairs: the same gradient and SGD step.
     single = _module(_compose(), _tiny_model_config())

@@ -14,6 +14,7 @@ from test_train import SMALL, _summary, train
 from transformers import AutoModelForCausalLM
 
 from dpo_lightning import reference as reference_module
+from dpo_lightning.checkpointing import load_checkpoint_file
 from dpo_lightning.cli import CONF_DIR
 from dpo_lightning.config import validate_config
 from dpo_lightning.data.collate import collate_padded, placeholder_batch
@@ -286,7 +287,7 @@ def test_every_reference_option_trains_two_steps_end_to_end(tmp_path):
         summary = _summary(run_dir)
         assert summary["config"]["reference"]["name"] == name
         assert summary["status"] == "completed" and summary["global_step"] == 2, name
-        saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        saved = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
         assert any(k.startswith(REFERENCE_PREFIX) for k in saved) == (name == "sync"), name
         caches = list((run_dir / "reference_cache").glob("*.safetensors"))
         assert len(caches) == (name == "precomputed"), name

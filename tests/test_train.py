@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dpo_lightning.checkpointing import load_checkpoint_file
+
 ROOT = Path(__file__).resolve().parents[1]
 # A small, fast configuration of the default offline run.
 SMALL = [
@@ -66,7 +68,7 @@ def test_default_run_writes_summary_checkpoints_and_a_loadable_policy(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "policy", local_files_only=True)
     assert tokenizer.eos_token_id == policy.config.eos_token_id
     assert (tmp_path / "policy" / "model.safetensors").is_file()
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")  # safetensors, never a pickle
     trained = {k.removeprefix("policy."): v for k, v in checkpoint["state_dict"].items()}
     assert not any(k.startswith("reference.") for k in checkpoint["state_dict"])
     exported = load_file(tmp_path / "policy" / "model.safetensors")

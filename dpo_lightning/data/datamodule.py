@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dpo_lightning.data.collate import Batch, Collate, collate_function, placeholder_batch
 from dpo_lightning.data.prepare import REPORT_COLUMNS, PairPreparer, RowReport
-from dpo_lightning.data.sampler import LengthGroupedSampler
+from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler, ShuffledSampler
 from dpo_lightning.data.sources.base import SPLITS, PreferenceSource
 from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs, all_ranks
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TruncationMode
@@ -41,7 +41,11 @@ class PreferenceDataModule(L.LightningDataModule):
     `batch_size / (world_size × accumulate_grad_batches)` pairs per step, so the optimizer always sees
     `batch_size` pairs whatever the number of devices. `layout` and `packing_max_tokens` choose the collate
     function (`collate.collate_function`); `group_by_length` orders map-style training pairs with
-    `LengthGroupedSampler` (groups of one step's pairs over all ranks).
+    `LengthGroupedSampler` (groups of one step's pairs over all ranks), else `ShuffledSampler` (a seeded
+    permutation per epoch).
+
+    Checkpoints keep the data position (`state_dict`: the epoch and how many of its batches were trained); a run
+    resumed from one continues the epoch with the next batch, map-style and streaming alike.
     """
 
     def __init__(
@@ -86,6 +90,18 @@ class PreferenceDataModule(L.LightningDataModule):
         self.pairs: dict[str, datasets.Dataset] = {}  # map-style: prepared usable pairs per split
         self.reports: dict[str, RowReport] = {}  # map-style: per split
         self.streams: dict[str, EqualStepsLoader] = {}  # streaming: per split
+        self.resume_point: tuple[int, int] | None = None  # (epoch, batches trained in it), from a checkpoint
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position, saved in checkpoints: the epoch, and its batches (per device) processed so far."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume from a checkpoint's data position: the next training loader skips what was trained."""
+        self.resume_point = (state["epoch"], state["batches"]) if state else None
 
     def setup(self, stage: str | None = None) -> None:
         if self.preparer is None:
@@ -123,17 +139,29 @@ class PreferenceDataModule(L.LightningDataModule):
         return self.batch_size // shards
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | EqualStepsLoader:
+        """Batches of `split`; `shuffle` (training): seeded per epoch, and resumed at `resume_point` once."""
+        resume, self.resume_point = (self.resume_point, None) if shuffle else (None, self.resume_point)
         if self.streaming:
-            return self._stream(split, batch_size, shuffle)
+            stream = self._stream(split, batch_size, shuffle)
+            if resume is not None:
+                stream.resume_at(*resume)
+            return stream
         pairs = self.pairs[split]
         sampler = None
-        if shuffle and self.group_by_length:
+        if shuffle:
             world_size = self.trainer.world_size if self.trainer is not None else 1
-            sampler = LengthGroupedSampler(_pair_lengths(pairs), batch_size * world_size, seed=self.seed)
+            order = (
+                LengthGroupedSampler(_pair_lengths(pairs), batch_size * world_size, seed=self.seed)
+                if self.group_by_length
+                else ShuffledSampler(len(pairs), seed=self.seed)
+            )
+            sampler = ResumableSampler(order)
+            if resume is not None:
+                epoch, batches = resume
+                sampler.resume_at(epoch, batches * batch_size * world_size)
         return DataLoader(
             pairs.with_format(None),
             batch_size=batch_size,
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=partial(_collate_rows, collate=self.collate),

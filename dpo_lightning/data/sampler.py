@@ -1,4 +1,10 @@
-"""LengthGroupedSampler: map-style training order in which each batch holds pairs of similar length.
+"""Map-style training orders, seeded per epoch and resumable mid-epoch.
+
+`ShuffledSampler`: a random permutation per epoch. `LengthGroupedSampler`: an order in which each batch holds
+pairs of similar length. `ResumableSampler` wraps either and, once, starts an epoch part-way through
+(`resume=auto` continuing a run from a mid-epoch checkpoint).
+
+LengthGroupedSampler.
 
 Padding (and, packed, empty row ends) is wasted compute; batches of similar-length pairs waste less. Per
 epoch, with a generator seeded by `seed + epoch`:
@@ -21,6 +27,7 @@ reaches this sampler through the wrapper; without it (a plain DataLoader loop) e
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -60,3 +67,53 @@ class LengthGroupedSampler(Sampler[int]):
         partial = [groups.pop()] if len(groups[-1]) < self.group_size else []
         shuffled = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
         return iter(torch.cat(shuffled + partial).tolist())
+
+
+class ShuffledSampler(Sampler[int]):
+    """A random permutation of `size` indices per epoch, from a generator seeded by `seed + epoch`: the same
+    order for the same seed and epoch in any process (a resumed run draws its epoch again exactly)."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class ResumableSampler(Sampler[int]):
+    """`order` (a sampler with `set_epoch`), except that the first pass over epoch `resume_epoch` leaves out its
+    first `skip` indices — those the interrupted run had trained on.
+
+    DDP: Lightning wraps this sampler in `DistributedSamplerWrapper`, which deals indices out in turn (rank r
+    takes r, r + W, …), so skipping steps × per-device batch × W indices here resumes every rank where it was.
+    `__len__` stays the whole epoch's, as Lightning's progress counters (restored from the checkpoint) expect.
+    """
+
+    def __init__(self, order: Sampler[int]) -> None:
+        self.order, self.epoch = order, 0
+        self.resume_epoch: int | None = None
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order.set_epoch(epoch)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        self.resume_epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = iter(self.order)
+        if self.epoch == self.resume_epoch:
+            indices = itertools.islice(indices, self.skip, None)
+            self.resume_epoch = None  # once: a later pass over this epoch number is a whole one
+        return indices

@@ -76,13 +76,14 @@ class StreamingPairs(IterableDataset):
         if self.shuffle_buffer > 0:
             rows = rows.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
             rows.set_epoch(self.epoch)
+        seen_pairs: set[str] = set()  # duplicate pairs: counted within what this consumer reads in this pass
         for chunk, raw in enumerate(rows.iter(batch_size=self.chunk_size)):
             if self.owns(chunk, worker, num_workers):
-                yield self._chunk(raw)
+                yield self._chunk(raw, seen_pairs)
 
-    def _chunk(self, raw: dict[str, list]) -> StreamChunk:
+    def _chunk(self, raw: dict[str, list], seen_pairs: set[str]) -> StreamChunk:
         prepared = self.prepare(raw)
-        report = RowReport(self.origin, self.skip_bad_rows)
+        report = RowReport(self.origin, self.skip_bad_rows, seen_pairs)
         try:
             usable = report.account(prepared)
         except DataError as error:
@@ -110,16 +111,24 @@ class EqualStepsLoader:
     """Iterates a `StreamingPairs` through a DataLoader so that every rank runs the same number of steps.
 
     Each pass (epoch) reshuffles the stream and starts a fresh `report` of the rows it read on this rank.
+    `resume_at(epoch, steps)` makes the next pass epoch `epoch`'s, without its first `steps` steps: the stream is
+    read again from its start and those batches are prepared but not yielded, so the rest comes exactly as in
+    the interrupted run (and the report counts the whole pass).
     """
 
     def __init__(self, dataset: StreamingPairs, num_workers: int, placeholder: Batch) -> None:
         self.dataset, self.num_workers, self.placeholder = dataset, num_workers, placeholder
         self.report = RowReport(dataset.origin, dataset.skip_bad_rows)
         self.passes = 0
+        self.skip = 0
+
+    def resume_at(self, epoch: int, steps: int) -> None:
+        self.passes, self.skip = epoch, steps
 
     def __iter__(self) -> Iterator[Batch]:
         self.dataset.epoch = self.passes
         self.passes += 1
+        skip, self.skip = self.skip, 0
         self.report = RowReport(self.dataset.origin, self.dataset.skip_bad_rows)
         chunks = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers))
         steps = 0
@@ -134,7 +143,8 @@ class EqualStepsLoader:
                     raise DataError(f"{self.dataset.origin}: no usable rows")
                 return
             steps += 1
-            yield batch if batch is not None else self.placeholder
+            if steps > skip:
+                yield batch if batch is not None else self.placeholder
 
     def _next_batch(self, chunks: Iterator[StreamChunk]) -> tuple[Batch | None, str | None]:
         for chunk in chunks:

@@ -1,0 +1,113 @@
+"""Faults during training: a diverging loss, and preemption.
+
+`DivergenceGuard`: a NaN or infinite loss or gradient norm stops training before the optimizer applies it:
+`DivergenceError` names the step, epoch and batch, and the last checkpoint, which still holds the last good
+weights (nothing is saved after the bad step). The check sits before the optimizer step, where DDP has already
+averaged the gradients, so every rank sees the same non-finite norm and all stop together. It also logs
+`train/grad_norm` (before clipping). Under fp16 mixed precision a non-finite gradient is the loss scaler's business
+(it skips that step and lowers the scale), so only the loss is checked there.
+
+`Preemption`: SIGTERM (a cluster preempting the job) → Lightning stops after the current batch; this callback
+then saves `checkpoints/last.ckpt`, deferring the stop to the end of the optimizer step if the signal arrives
+between the micro-batches of one step (their accumulated gradients could not be saved). The run's summary says
+"preempted", and `resume=auto` continues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.distributed.tensor import DTensor
+
+from dpo_lightning.errors import RunError
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(RunError):
+    """Training met a non-finite loss or gradient."""
+
+
+def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The total L2 norm of the gradients `optimizer` is about to apply (a scalar; sharded gradients: all of them)."""
+    gradients = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not gradients:
+        return torch.zeros(())
+    norm = torch.nn.utils.get_total_norm(gradients)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+class DivergenceGuard(L.Callback):
+    """Stops on a NaN/inf loss or gradient norm, before the optimizer step (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.batch_idx = 0
+        self.bad_loss: float | None = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            self.bad_loss = float(loss.detach().float().sum())
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        norm = float(gradient_norm(optimizer))
+        pl_module.log("train/grad_norm", norm, on_step=True)
+        scaled = str(trainer.precision) == "16-mixed"  # the GradScaler handles non-finite gradients
+        if self.bad_loss is not None:
+            self._stop(trainer, f"non-finite loss ({self.bad_loss})")
+        if not math.isfinite(norm) and not scaled:
+            self._stop(trainer, f"non-finite gradient norm ({norm})")
+
+    def _stop(self, trainer: L.Trainer, problem: str) -> None:
+        checkpoint = trainer.checkpoint_callback
+        last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
+        kept = f"last checkpoint: {last}" if last is not None and last.exists() else "no checkpoint saved yet"
+        raise DivergenceError(
+            f"training diverged at step {trainer.global_step + 1} (epoch {trainer.current_epoch}, batch "
+            f"{self.batch_idx}): {problem}; the update was not applied; {kept}"
+        )
+
+
+class Preemption(L.Callback):
+    """On SIGTERM, save `path` (the run's last.ckpt) at an optimizer-step boundary and let Lightning stop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.step_at_start = 0
+        self.deferred = False
+        self.saved: Path | None = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.step_at_start = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Lightning raises SIGTERMException right after this hook when its signal flag is set; between the
+        # micro-batches of one optimizer step the flag is held back until the step is taken.
+        signals = trainer._signal_connector
+        stepped = trainer.global_step > self.step_at_start
+        if signals.received_sigterm and not stepped:
+            signals.received_sigterm, self.deferred = False, True
+        elif self.deferred and stepped:
+            signals.received_sigterm, self.deferred = True, False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+            self.saved = self.path
+            log.warning("SIGTERM: saved %s at step %d; resume=auto continues", self.path, trainer.global_step)

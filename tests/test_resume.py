@@ -1,0 +1,244 @@
+"""Checkpoints (safetensors, atomic), resume=auto after SIGKILL and SIGTERM, the data position, divergence."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dpo_lightning import checkpointing
+from dpo_lightning.checkpointing import CheckpointError, load_checkpoint_file, save_checkpoint_file
+from dpo_lightning.data.sampler import ResumableSampler, ShuffledSampler
+from dpo_lightning.errors import ConfigError
+from dpo_lightning.resume import resume_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+# A short tiny-model run that checkpoints after every optimizer step; 2 micro-batches a step, so that a
+# signal can arrive between the micro-batches of one step.
+RUN = [
+    "task.num_train_pairs=64",
+    "task.num_val_pairs=16",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "trainer.max_steps=6",
+    "trainer.accumulate_grad_batches=2",
+    "trainer.val_check_interval=100",
+    "trainer.enable_progress_bar=false",
+    "samples.num_prompts=0",
+    "checkpoint.every_n_train_steps=1",
+    "logger=none",
+]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+
+
+# --- the checkpoint file --------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_round_trips_every_kind_of_value(tmp_path):
+    weights = torch.randn(3, 4)
+    checkpoint = {
+        "state_dict": {"policy.w": weights, "policy.tied": weights},  # shared storage is stored twice
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"betas": (0.9, 0.99)}]}],
+        "rng": (3, (1, 2, 3), None, np.arange(5, dtype=np.uint32)),
+        "loops": {"epoch": 2, "done": True, "lr": 1e-3, "name": "x", "nothing": None, "__odd": 1},
+    }
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file(checkpoint, path)
+    loaded = load_checkpoint_file(path)
+    assert torch.equal(loaded["state_dict"]["policy.w"], weights)
+    assert torch.equal(loaded["state_dict"]["policy.tied"], weights)
+    assert loaded["optimizer_states"][0]["state"][0]["step"].item() == 3.0  # int key kept
+    assert loaded["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.99)  # tuple kept
+    assert loaded["rng"][:3] == (3, (1, 2, 3), None)
+    assert np.array_equal(loaded["rng"][3], np.arange(5, dtype=np.uint32)) and loaded["rng"][3].dtype == np.uint32
+    assert loaded["loops"] == checkpoint["loops"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_value_without_a_safe_form_is_an_error_naming_where_it_is(tmp_path):
+    with pytest.raises(CheckpointError, match=r"cannot store object at checkpoint\.callbacks\.x"):
+        save_checkpoint_file({"callbacks": {"x": object()}}, tmp_path / "c.ckpt")
+
+
+def test_a_pickled_checkpoint_is_never_loaded(tmp_path):
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match=r"old\.ckpt: not a dpo-lightning safetensors checkpoint"):
+        load_checkpoint_file(path)
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file({"step": 1, "w": torch.ones(2)}, path)
+    before = path.read_bytes()
+
+    def full_disk(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpointing.os, "fsync", full_disk)
+    with pytest.raises(CheckpointError) as raised:
+        save_checkpoint_file({"step": 2, "w": torch.zeros(2)}, path)
+    assert (
+        str(raised.value)
+        == f"{path}: could not save the checkpoint (No space left on device); the previous one is intact"
+    )
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+# --- the data position ----------------------------------------------------------------------------------
+
+
+def test_a_resumed_epoch_continues_the_same_order_once():
+    sampler = ResumableSampler(ShuffledSampler(20, seed=3))
+    sampler.set_epoch(1)
+    whole = list(sampler)
+    resumed = ResumableSampler(ShuffledSampler(20, seed=3))
+    resumed.resume_at(epoch=1, skip=8)
+    resumed.set_epoch(1)
+    assert list(resumed) == whole[8:]
+    assert list(resumed) == whole  # a second pass over the epoch is whole
+    resumed.set_epoch(2)
+    assert list(resumed) != whole and sorted(resumed) == list(range(20))
+
+
+# --- resume= on the command line ------------------------------------------------------------------------
+
+
+def _fake_run(outputs: Path, stamp: str, overrides: list[str], status: str | None, checkpoint: bool = True) -> Path:
+    folder = outputs / stamp
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if checkpoint:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    if status is not None:
+        (folder / "summary.json").write_text(json.dumps({"status": status}))
+    return folder
+
+
+def test_resume_auto_picks_the_latest_unfinished_run_of_the_same_command(tmp_path):
+    outputs = tmp_path / "outputs"
+    command = ["beta=0.5", "loss=ipo"]
+    _fake_run(outputs, "2026-11-20/10-00-00", command, "failed")
+    wanted = _fake_run(outputs, "2026-11-21/09-00-00", command, None)  # killed: no summary
+    _fake_run(outputs, "2026-11-21/10-00-00", command, "completed")
+    _fake_run(outputs, "2026-11-21/11-00-00", ["beta=0.1", "loss=ipo"], "preempted")  # another command
+    _fake_run(outputs, "2026-11-21/12-00-00", command, "preempted", checkpoint=False)
+    assert resume_arguments([*command, "resume=auto"], outputs) == [*command, "resume=auto", f"hydra.run.dir={wanted}"]
+    assert resume_arguments(["beta=0.9", "resume=auto"], outputs) == ["beta=0.9", "resume=auto"]  # nothing: fresh
+    assert resume_arguments(["-m", *command, "resume=auto"], outputs) == ["-m", *command, "resume=auto"]
+    with pytest.raises(ConfigError, match=r"^resume: .*nowhere is not a run folder with checkpoints/last.ckpt"):
+        resume_arguments([f"resume={tmp_path / 'nowhere'}"], outputs)
+
+
+# --- end to end: interrupt, resume, compare with an uninterrupted run ---------------------------------------
+
+
+def _start(cwd: Path, *overrides: str) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "train.py"), *RUN, *overrides]
+    return subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: int = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def _interrupt_at(cwd: Path, step: int, signal_number: int) -> Path:
+    """Start the run in `cwd`, send the signal once the checkpoint of `step` is written; its run folder."""
+    process = _start(cwd)
+    deadline = time.monotonic() + 300
+    while not list(cwd.glob(f"outputs/*/*/checkpoints/epoch=0-step={step}.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.05)
+    process.send_signal(signal_number)
+    process.communicate(timeout=120)
+    (folder,) = cwd.glob("outputs/*/*")
+    return folder
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "policy" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    _finish(_start(cwd))
+    (folder,) = cwd.glob("outputs/*/*")
+    return _weights(folder)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_an_interrupted_run_resumed_ends_bitwise_equal_to_an_uninterrupted_one(signal_number, uninterrupted, tmp_path):
+    step = random.randint(1, 4)  # a random step: the process dies during step + 1 or its checkpoint write
+    folder = _interrupt_at(tmp_path, step, signal_number)
+    summary = folder / "summary.json"
+    if signal_number == signal.SIGTERM:  # saved and stopped cleanly, at an optimizer-step boundary
+        assert json.loads(summary.read_text())["status"] == "preempted", f"step {step}"
+    else:  # killed: no summary, and never a half-written last.ckpt
+        assert not summary.exists(), f"step {step}"
+        load_checkpoint_file(folder / "checkpoints" / "last.ckpt")
+    output = _finish(_start(tmp_path, "resume=auto"))
+    assert f"continuing from {folder / 'checkpoints' / 'last.ckpt'}" in output, f"step {step}"
+    assert json.loads(summary.read_text())["status"] == "completed"
+    resumed = _weights(folder)
+    for name, weights in uninterrupted.items():
+        assert torch.equal(resumed[name], weights), f"{name} differs after resuming from step {step}"
+
+
+@pytest.mark.slow  # three more runs
+def test_streaming_with_workers_resumes_bitwise_equal(tmp_path):
+    streaming = ["task.streaming=true", "data.num_workers=2"]
+    (tmp_path / "whole").mkdir()
+    _finish(_start(tmp_path / "whole", *streaming))
+    (expected,) = (tmp_path / "whole").glob("outputs/*/*")
+    process = _start(tmp_path, *streaming)
+    while not list(tmp_path.glob("outputs/*/*/checkpoints/epoch=0-step=3.ckpt")):
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.kill()
+    process.communicate()
+    _finish(_start(tmp_path, *streaming, "resume=auto"))
+    (folder,) = tmp_path.glob("outputs/*/*")
+    resumed, whole = _weights(folder), _weights(expected)
+    assert all(torch.equal(resumed[name], whole[name]) for name in whole)
+
+
+# --- divergence -----------------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *RUN, "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: training diverged at step ") and "non-finite" in error, error
+    assert f"last checkpoint: {tmp_path / 'checkpoints' / 'last.ckpt'}" in error
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("DivergenceError: training diverged")
+    last = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == summary["global_step"]  # saved after the last good step, not after the bad one
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
