@@ -61,11 +61,16 @@ def wandb_logger(
     name: str | None = None,
     group: str | None = None,
     tags: list[str] | None = None,
+    continue_run: str | None = None,
 ) -> WandbLogger:
-    """A WandbLogger writing into `save_dir`/wandb, in the mode `resolve_mode` picks."""
+    """A WandbLogger writing into `save_dir`/wandb, in the mode `resolve_mode` picks. `continue_run` (the run's
+    `resume` setting): when set and `save_dir` holds an earlier W&B run, log into that run again (same id)."""
     resolved = resolve_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    previous = previous_run_id(save_dir) if continue_run is not None else None
     return WandbLogger(
+        id=previous,
+        resume="allow" if previous else None,
         project=project,
         entity=entity,
         name=name,
@@ -76,6 +81,12 @@ def wandb_logger(
         mode=resolved,
         settings={"silent": True, "init_timeout": 60},
     )
+
+
+def previous_run_id(save_dir: str | Path) -> str | None:
+    """The id of the latest W&B run in `save_dir`/wandb: its `latest-run` link names `[offline-]run-<time>-<id>`."""
+    latest = Path(save_dir) / "wandb" / "latest-run"
+    return latest.resolve().name.rsplit("-", 1)[-1] if latest.exists() else None
 
 
 def name_sweep_run(logger: DictConfig | None, sweep_dir: str, overrides: str) -> None:

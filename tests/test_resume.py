@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import SMALL
 
 from dpo_lightning import checkpointing
 from dpo_lightning.checkpointing import CheckpointError, load_checkpoint_file, save_checkpoint_file
@@ -22,17 +23,12 @@ from dpo_lightning.errors import ConfigError
 from dpo_lightning.resume import resume_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
-# A short tiny-model run that checkpoints after every optimizer step; 2 micro-batches a step, so that a
-# signal can arrive between the micro-batches of one step.
+# test_train's short tiny-model run, checkpointing after every optimizer step, with 2 micro-batches a step
+# (a signal can arrive between the micro-batches of one step), no validation inside the run, no sampling.
 RUN = [
-    "task.num_train_pairs=64",
-    "task.num_val_pairs=16",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "trainer.max_steps=6",
+    *(override for override in SMALL if not override.startswith("trainer.val_check_interval")),
     "trainer.accumulate_grad_batches=2",
     "trainer.val_check_interval=100",
-    "trainer.enable_progress_bar=false",
     "samples.num_prompts=0",
     "checkpoint.every_n_train_steps=1",
     "logger=none",

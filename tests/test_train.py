@@ -161,7 +161,9 @@ FIXTURE_COUNTS = {
 }
 
 
-@pytest.mark.parametrize("streaming", [False, True])
+# Streaming training of each hub task is slow-marked: tests/data/test_bad_rows.py and test_hub_sources.py read
+# every source streaming, and test_streaming_ddp_two_ranks_two_workers_sees_every_row_once trains on a stream.
+@pytest.mark.parametrize("streaming", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("task", sorted(FIXTURE_COUNTS))
 def test_each_hub_task_trains_offline_on_its_fixtures(task, streaming, tmp_path):
     fixtures = ROOT / "tests" / "fixtures" / task

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from wandb.proto import wandb_internal_pb2
 
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.wandb_logging import name_sweep_run, resolve_mode
+from dpo_lightning.wandb_logging import name_sweep_run, previous_run_id, resolve_mode, wandb_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake 40-character W&B key
@@ -139,3 +139,14 @@ def test_a_sweep_job_joins_its_sweeps_group_and_is_named_by_its_overrides():
     csv_logger = OmegaConf.load(ROOT / "conf" / "logger" / "csv.yaml")
     name_sweep_run(csv_logger, "outputs/multirun/x", "beta=0.5")
     assert csv_logger == OmegaConf.load(ROOT / "conf" / "logger" / "csv.yaml")  # not W&B: unchanged
+
+
+def test_a_resumed_run_logs_into_its_earlier_wandb_run(tmp_path):
+    earlier = tmp_path / "wandb" / "offline-run-20261123_101500-k3x9q2ab"
+    earlier.mkdir(parents=True)
+    (tmp_path / "wandb" / "latest-run").symlink_to(earlier.name)
+    assert previous_run_id(tmp_path) == "k3x9q2ab"
+    resumed = wandb_logger("dpo-lightning", str(tmp_path), mode="offline", continue_run="auto")
+    assert resumed.version == "k3x9q2ab"  # the W&B run id, before the run starts
+    assert wandb_logger("dpo-lightning", str(tmp_path), mode="offline").version is None  # a fresh run: W&B's new id
+    assert previous_run_id(tmp_path / "elsewhere") is None

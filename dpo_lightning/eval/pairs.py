@@ -22,7 +22,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,14 @@ log = logging.getLogger(__name__)
 PROVENANCE_KEY = b"dpo_lightning.provenance"  # Parquet schema-metadata key of the provenance JSON
 
 
-def task_prompts(source: Any, split: str) -> Iterator[str]:
+def task_prompts(source: Any, split: str, skipped: Counter[str] | None = None) -> Iterator[str]:
     """The text prompts of a task split, distinct, in data order: a prompt source's own `prompts(split)`
-    (`task=imdb`), or the prompts of a preference source's usable rows."""
+    (`task=imdb`), or the prompts of a preference source's usable rows — a row the source marks unusable (a
+    malformed line, a row its recipe filters out, …) is left out and counted per problem in `skipped`."""
     if hasattr(source, "prompts"):
         prompts: Iterator[Any] = source.prompts(split)
     else:
-        prompts = (row["prompt"] for row in source.load(split, streaming=True) if not row["problem"])
+        prompts = _usable_prompts(source.load(split, streaming=True), skipped if skipped is not None else Counter())
     seen: set[str] = set()
     for prompt in prompts:
         if not isinstance(prompt, str):
@@ -61,6 +63,14 @@ def task_prompts(source: Any, split: str) -> Iterator[str]:
         if prompt not in seen:
             seen.add(prompt)
             yield prompt
+
+
+def _usable_prompts(rows: Iterable[dict[str, Any]], skipped: Counter[str]) -> Iterator[Any]:
+    for row in rows:
+        if row["problem"]:
+            skipped[row["problem"]] += 1
+        else:
+            yield row["prompt"]
 
 
 def best_and_worst(scores: list[float], min_margin: float) -> tuple[int, int] | None:
@@ -199,7 +209,8 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     }
     for split, count in cfg.num_prompts.items():
         started = time.perf_counter()
-        prompts = list(islice(task_prompts(source, split), count))
+        skipped: Counter[str] = Counter()
+        prompts = list(islice(task_prompts(source, split, skipped), count))
         if not prompts:
             raise DataError(f"{source.origin(split)}: no prompts")
         rows, counts = generate_split(
@@ -207,7 +218,13 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         )
         if not rows:
             raise DataError(f"{split}: all {len(prompts)} prompts gave tied samples; no pairs (lower min_margin?)")
-        provenance["splits"][split] = {**counts, "seconds": round(time.perf_counter() - started, 1)}
+        if skipped:
+            log.warning("%s: %d unusable rows left out of the prompts: %s", split, skipped.total(), dict(skipped))
+        provenance["splits"][split] = {
+            **counts,
+            "unusable_rows": dict(skipped),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         # Each file's metadata: the shared provenance with its own split's counts (not those of the splits before it).
         own = provenance | {"splits": {split: provenance["splits"][split]}, "split": split}
         write_pairs(rows, out / f"{split}.parquet", own)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,7 +123,11 @@ def test_task_prompts_of_a_text_task_are_distinct_usable_and_in_order(tmp_path):
         {"prompt": "c", "chosen": " x", "rejected": " y"},
     ]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    assert list(task_prompts(LocalSource(str(data), val_path=str(data)), "train")) == ["b", "a", "c"]
+    (data.parent / "broken.jsonl").write_text(data.read_text() + "{not json\n")
+    skipped = Counter()
+    source = LocalSource(str(data.parent / "broken.jsonl"), val_path=str(data))
+    assert list(task_prompts(source, "train", skipped)) == ["b", "a", "c"]
+    assert skipped == {"prompt: missing": 1, "malformed JSON": 1}  # left out, and counted
 
 
 def test_task_prompts_of_a_conversational_task_is_a_config_error(tmp_path):
