@@ -75,6 +75,7 @@ class DPOLitModule(L.LightningModule):
         self.policy: torch.nn.Module | None = None
         self.reference: Reference | None = None
         self.kl_reference: Reference | None = None  # evaluation only; None: `self.reference` serves
+        self.on_validation_epoch_start()  # the validation metric totals
 
     def configure_model(self) -> None:
         """Build the policy (and the reference, if the objective needs one) once; under `trainer=fsdp`
@@ -116,19 +117,37 @@ class DPOLitModule(L.LightningModule):
         if self.reference is not None:
             reference = split_pairs(*self.reference.logprobs(batch), batch.num_pairs)
         output = self.objective(policy, reference)
+        metrics = preference_metrics(output, policy)
+        if stage == "val":
+            self._add_validation_metrics(metrics, 0 if batch.placeholder else batch.num_pairs)
         if batch.placeholder:  # a rank out of streaming data: same forward and backward, no effect, no metrics
             return 0.0 * output.losses.sum()
-        metrics = preference_metrics(output, policy)
-        training = stage == "train"
-        self.log_dict(
-            {f"{stage}/{name}": value for name, value in metrics.items()},
-            on_step=training,
-            on_epoch=not training,
-            prog_bar=False,
-            sync_dist=not training,
-            batch_size=batch.num_pairs,
-        )
+        if stage == "train":
+            self.log_dict({f"train/{name}": value for name, value in metrics.items()}, batch_size=batch.num_pairs)
         return output.losses.mean()
+
+    def _add_validation_metrics(self, metrics: dict[str, torch.Tensor], pairs: int) -> None:
+        """Accumulate Σ metric × pairs per metric, and the pairs, for `on_validation_epoch_end`."""
+        for name, value in metrics.items():
+            total = self._validation_sums.setdefault(name, torch.zeros((), device=self.device))
+            if pairs:  # a placeholder batch adds nothing, but its rank still reports every metric's total
+                self._validation_sums[name] = total + value.detach().float() * pairs
+        self._validation_pairs += pairs
+
+    def on_validation_epoch_start(self) -> None:
+        self._validation_sums: dict[str, torch.Tensor] = {}
+        self._validation_pairs = 0
+
+    def on_validation_epoch_end(self) -> None:
+        """Log val/<metric>: its mean over every validation pair of every rank. Sums and pair counts are added
+        over ranks, so each rank weighs what its pairs weigh — one with fewer pairs, or only placeholder batches
+        (streaming), included (a mean of per-rank means would not be)."""
+        names = sorted(self._validation_sums)
+        pairs = torch.tensor(float(self._validation_pairs), device=self.device)
+        totals = self.trainer.strategy.reduce(
+            torch.stack([*(self._validation_sums[n] for n in names), pairs]), reduce_op="sum"
+        )
+        self.log_dict({f"val/{name}": totals[i] / totals[-1] for i, name in enumerate(names)})
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -156,9 +156,9 @@ def _finish(process: subprocess.Popen, timeout: int = 300) -> str:
     return output
 
 
-def _interrupt_at(cwd: Path, step: int, signal_number: int) -> Path:
+def _interrupt_at(cwd: Path, step: int, signal_number: int, *overrides: str) -> Path:
     """Start the run in `cwd`, send the signal once the checkpoint of `step` is written; its run folder."""
-    process = _start(cwd)
+    process = _start(cwd, *overrides)
     deadline = time.monotonic() + 300
     while not list(cwd.glob(f"outputs/*/*/checkpoints/epoch=0-step={step}.ckpt")):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
@@ -173,12 +173,15 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "policy" / "model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
-    cwd = tmp_path_factory.mktemp("uninterrupted")
-    _finish(_start(cwd))
+def _uninterrupted(cwd: Path, *overrides: str) -> dict[str, torch.Tensor]:
+    _finish(_start(cwd, *overrides))
     (folder,) = cwd.glob("outputs/*/*")
     return _weights(folder)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    return _uninterrupted(tmp_path_factory.mktemp("uninterrupted"))
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -199,21 +202,22 @@ def test_an_interrupted_run_resumed_ends_bitwise_equal_to_an_uninterrupted_one(s
         assert torch.equal(resumed[name], weights), f"{name} differs after resuming from step {step}"
 
 
-@pytest.mark.slow  # three more runs
-def test_streaming_with_workers_resumes_bitwise_equal(tmp_path):
-    streaming = ["task.streaming=true", "data.num_workers=2"]
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+STREAMING = ["task.streaming=true", "data.num_workers=2"]
+
+
+@pytest.mark.slow  # three more runs each
+@pytest.mark.parametrize(
+    ("overrides", "signal_number"),
+    [(STREAMING, signal.SIGKILL), (DDP, signal.SIGTERM), ([*DDP, *STREAMING], signal.SIGTERM)],
+    ids=["streaming-SIGKILL", "ddp-SIGTERM", "ddp-streaming-SIGTERM"],
+)
+def test_streaming_and_ddp_runs_resume_bitwise_equal(overrides, signal_number, tmp_path):
     (tmp_path / "whole").mkdir()
-    _finish(_start(tmp_path / "whole", *streaming))
-    (expected,) = (tmp_path / "whole").glob("outputs/*/*")
-    process = _start(tmp_path, *streaming)
-    while not list(tmp_path.glob("outputs/*/*/checkpoints/epoch=0-step=3.ckpt")):
-        assert process.poll() is None
-        time.sleep(0.05)
-    process.kill()
-    process.communicate()
-    _finish(_start(tmp_path, *streaming, "resume=auto"))
-    (folder,) = tmp_path.glob("outputs/*/*")
-    resumed, whole = _weights(folder), _weights(expected)
+    whole = _uninterrupted(tmp_path / "whole", *overrides)
+    folder = _interrupt_at(tmp_path, 2, signal_number, *overrides)
+    _finish(_start(tmp_path, *overrides, "resume=auto"))
+    resumed = _weights(folder)
     assert all(torch.equal(resumed[name], whole[name]) for name in whole)
 
 

@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_config import _compose
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_lightning.checkpointing import load_checkpoint_file
+from dpo_lightning.logprobs import sequence_logprobs
+from dpo_lightning.losses.dpo import dpo_loss
+from dpo_lightning.models import build_model, load_tokenizer
+from dpo_lightning.run import build_datamodule
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small, fast configuration of the default offline run.
@@ -201,28 +206,41 @@ def test_each_hub_task_trains_offline_on_its_fixtures(task, streaming, tmp_path)
 
 def test_streaming_ddp_two_ranks_two_workers_sees_every_row_once(tmp_path):
     # 13 training rows, 2 pairs per rank and step → 7 chunks: rank 0 takes 4, rank 1 takes 3 and a placeholder.
+    # 2 validation rows, 2 pairs per rank → 1 chunk: rank 1 validates on placeholder batches only.
     rows = [{"prompt": f"Question {i}?", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(13)]
     train_file, val_file = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    val_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    val_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    task = ["task=local", f"task.path={train_file}", f"task.val_path={val_file}", "data.eval_batch_size=2"]
     result = train(
-        "task=local",
-        f"task.path={train_file}",
-        f"task.val_path={val_file}",
+        *task,
         "task.streaming=true",
         "data.batch_size=4",
-        "data.eval_batch_size=2",
         "data.num_workers=2",
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.enable_progress_bar=false",
+        "samples.num_prompts=0",
         run_dir=tmp_path / "run",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = _summary(tmp_path / "run")
     assert summary["status"] == "completed" and summary["global_step"] == 4
-    assert summary["data"]["train"]["rows"] == 13 and summary["data"]["validation"]["rows"] == 5
+    assert summary["data"]["train"]["rows"] == 13 and summary["data"]["validation"]["rows"] == 2
+
+    # val/loss is the mean over the validation pairs, recomputed here from the exported policy and the
+    # reference (the tiny model's seeded initial weights): a rank of placeholders adds nothing to it.
+    (tmp_path / "check").mkdir()
+    cfg = _compose(task, tmp_path / "check")
+    datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
+    datamodule.setup("fit")
+    (batch,) = datamodule.val_dataloader()
+    policy = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "policy", local_files_only=True)
+    with torch.no_grad():
+        logps, reference_logps = (sequence_logprobs(model, batch)[0] for model in (policy, build_model(cfg.model)))
+    losses, _, _ = dpo_loss(*logps.split(2), *reference_logps.split(2), beta=cfg.beta)
+    assert summary["metrics"]["val/loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
 
 
 def test_plain_default_run_learns_the_preference_in_under_three_minutes(tmp_path):
