@@ -7,16 +7,17 @@ averaged the gradients, so every rank sees the same non-finite norm and all stop
 `train/grad_norm` (before clipping). Under fp16 mixed precision a non-finite gradient is the loss scaler's business
 (it skips that step and lowers the scale), so only the loss is checked there.
 
-`Preemption`: SIGTERM (a cluster preempting the job) → Lightning stops after the current batch; this callback
-then saves `checkpoints/last.ckpt`, deferring the stop to the end of the optimizer step if the signal arrives
-between the micro-batches of one step (their accumulated gradients could not be saved). The run's summary says
-"preempted", and `resume=auto` continues it.
+`Preemption`: SIGTERM (a cluster preempting the job) → at the end of the current optimizer step every rank
+saves `checkpoints/last.ckpt` and stops (see the class). The run's summary says "preempted", and `resume=auto`
+continues it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +82,28 @@ class DivergenceGuard(L.Callback):
 
 
 class Preemption(L.Callback):
-    """On SIGTERM, save `path` (the run's last.ckpt) at an optimizer-step boundary and let Lightning stop."""
+    """On SIGTERM, every rank saves `path` (the run's last.ckpt) at the end of the current optimizer step and
+    stops with Lightning's SIGTERMException.
+
+    This callback's own SIGTERM handler (in place of Lightning's during training) only notes the signal. At each
+    optimizer-step boundary the ranks decide together whether any of them was signalled (one tiny all-reduce per
+    step under DDP/FSDP), so all stop after the same step — also when only one process got the signal — and never
+    between the micro-batches of one step, whose accumulated gradients a checkpoint could not hold.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.requested = False
         self.step_at_start = 0
-        self.deferred = False
         self.saved: Path | None = None
+        self._previous_handler: Any = None
+
+    def _note_signal(self, signal_number: int, frame: Any) -> None:
+        self.requested = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous_handler = signal.signal(signal.SIGTERM, self._note_signal)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -97,17 +113,21 @@ class Preemption(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # Lightning raises SIGTERMException right after this hook when its signal flag is set; between the
-        # micro-batches of one optimizer step the flag is held back until the step is taken.
-        signals = trainer._signal_connector
-        stepped = trainer.global_step > self.step_at_start
-        if signals.received_sigterm and not stepped:
-            signals.received_sigterm, self.deferred = False, True
-        elif self.deferred and stepped:
-            signals.received_sigterm, self.deferred = True, False
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        if trainer.global_step == self.step_at_start:  # between the micro-batches of one optimizer step
+            return
+        if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             trainer.save_checkpoint(self.path)
             self.saved = self.path
             log.warning("SIGTERM: saved %s at step %d; resume=auto continues", self.path, trainer.global_step)
+            raise SIGTERMException
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None

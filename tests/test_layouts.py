@@ -24,7 +24,7 @@ from dpo_lightning.data.collate import (
     placeholder_batch,
     to_padded,
 )
-from dpo_lightning.data.sampler import LengthGroupedSampler
+from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.losses.dpo import dpo_loss
 from dpo_lightning.models import load_tokenizer
@@ -275,15 +275,16 @@ def test_length_grouping_keeps_every_pair_once_per_epoch_deterministically():
 
 
 def test_length_groups_become_one_batch_per_rank_under_ddp():
-    """Lightning deals a custom sampler out in turn (rank r: r, r + W, …): with group_size = batch × W, each
-    rank's batch comes from one group, and the ranks together see every pair (DistributedSampler pads the
-    epoch with repeats to a multiple of W, as without grouping)."""
+    """ResumableSampler deals the order out in turn (rank r: r, r + W, …), exactly as Lightning's
+    DistributedSamplerWrapper would: with group_size = batch × W, each rank's batch comes from one group, and the
+    ranks together see every pair."""
     lengths = list(range(3, 67))  # 64 pairs, all lengths different
     sampler = LengthGroupedSampler(lengths, group_size=2 * 4, seed=0, mega_batches=8)
     groups = [list(sampler)[i : i + 8] for i in range(0, 64, 8)]
     seen = []
     for rank in range(2):
-        order = list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=False))
+        order = list(ResumableSampler(sampler, num_replicas=2, rank=rank))
+        assert order == list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=False))
         for step, batch in enumerate(order[i : i + 4] for i in range(0, len(order), 4)):
             assert set(batch) <= set(groups[step])
             seen.extend(batch)

@@ -110,6 +110,12 @@ def test_a_resumed_epoch_continues_the_same_order_once():
     assert list(resumed) == whole  # a second pass over the epoch is whole
     resumed.set_epoch(2)
     assert list(resumed) != whole and sorted(resumed) == list(range(20))
+    for rank in range(3):  # DDP: each rank skips within its own share (21 = 20 padded to 3 × 7)
+        share = ResumableSampler(ShuffledSampler(20, seed=3), num_replicas=3, rank=rank)
+        share.set_epoch(1)
+        assert list(share) == (whole + whole[:1])[rank::3]
+        share.resume_at(epoch=1, skip=2)
+        assert list(share) == (whole + whole[:1])[rank::3][2:]
 
 
 # --- resume= on the command line ------------------------------------------------------------------------
@@ -186,7 +192,9 @@ def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_an_interrupted_run_resumed_ends_bitwise_equal_to_an_uninterrupted_one(signal_number, uninterrupted, tmp_path):
-    step = random.randint(1, 4)  # a random step: the process dies during step + 1 or its checkpoint write
+    # A random step ≥ 2: the process dies during step + 1 or a checkpoint write — possibly between the step's own
+    # file and last.ckpt, so a last.ckpt of an earlier step must exist (after step 1 alone, there may be none).
+    step = random.randint(2, 4)
     folder = _interrupt_at(tmp_path, step, signal_number)
     summary = folder / "summary.json"
     if signal_number == signal.SIGTERM:  # saved and stopped cleanly, at an optimizer-step boundary

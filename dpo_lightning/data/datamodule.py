@@ -140,7 +140,9 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | EqualStepsLoader:
         """Batches of `split`; `shuffle` (training): seeded per epoch, and resumed at `resume_point` once."""
-        resume, self.resume_point = (self.resume_point, None) if shuffle else (None, self.resume_point)
+        resume = None
+        if shuffle:
+            resume, self.resume_point = self.resume_point, None
         if self.streaming:
             stream = self._stream(split, batch_size, shuffle)
             if resume is not None:
@@ -149,16 +151,16 @@ class PreferenceDataModule(L.LightningDataModule):
         pairs = self.pairs[split]
         sampler = None
         if shuffle:
-            world_size = self.trainer.world_size if self.trainer is not None else 1
+            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             order = (
                 LengthGroupedSampler(_pair_lengths(pairs), batch_size * world_size, seed=self.seed)
                 if self.group_by_length
                 else ShuffledSampler(len(pairs), seed=self.seed)
             )
-            sampler = ResumableSampler(order)
+            sampler = ResumableSampler(order, num_replicas=world_size, rank=rank)
             if resume is not None:
                 epoch, batches = resume
-                sampler.resume_at(epoch, batches * batch_size * world_size)
+                sampler.resume_at(epoch, batches * batch_size)
         return DataLoader(
             pairs.with_format(None),
             batch_size=batch_size,

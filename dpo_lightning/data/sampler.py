@@ -1,8 +1,8 @@
 """Map-style training orders, seeded per epoch and resumable mid-epoch.
 
 `ShuffledSampler`: a random permutation per epoch. `LengthGroupedSampler`: an order in which each batch holds
-pairs of similar length. `ResumableSampler` wraps either and, once, starts an epoch part-way through
-(`resume=auto` continuing a run from a mid-epoch checkpoint).
+pairs of similar length. `ResumableSampler` shares either out over the data-parallel ranks and, once, starts a
+rank's share of an epoch part-way through (`resume=auto` continuing a run from a mid-epoch checkpoint).
 
 LengthGroupedSampler.
 
@@ -19,10 +19,10 @@ another. Sorting only inside mega-batches (as Hugging Face's `LengthGroupedSampl
 random at the scale of an epoch. The partial group goes last so that it cannot shift every later batch off
 its group boundaries.
 
-DDP: Lightning wraps a custom sampler in `DistributedSamplerWrapper`, which deals its indices out in turn
-(rank r takes indices r, r + W, …) and pads the epoch to a multiple of W with repeats. With `group_size` =
-per-device batch × W, each group of similar lengths becomes one batch on each rank. Lightning's `set_epoch`
-reaches this sampler through the wrapper; without it (a plain DataLoader loop) every epoch has epoch 0's order.
+DDP: `ResumableSampler` deals the order out in turn (rank r takes indices r, r + W, …) and pads the epoch to a
+multiple of W with repeats, as Lightning's `DistributedSamplerWrapper` does. With `group_size` = per-device
+batch × W, each group of similar lengths becomes one batch on each rank. Lightning's `set_epoch` reaches this
+sampler through it; without it (a plain DataLoader loop) every epoch has epoch 0's order.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -87,33 +87,35 @@ class ShuffledSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
-class ResumableSampler(Sampler[int]):
-    """`order` (a sampler with `set_epoch`), except that the first pass over epoch `resume_epoch` leaves out its
-    first `skip` indices — those the interrupted run had trained on.
+class ResumableSampler(DistributedSampler):
+    """This rank's share of `order` (a sampler with `set_epoch`, e.g. `ShuffledSampler`), where the first pass
+    over epoch `resume_epoch` leaves out the first `skip` indices of the share — those the interrupted run had
+    trained on.
 
-    DDP: Lightning wraps this sampler in `DistributedSamplerWrapper`, which deals indices out in turn (rank r
-    takes r, r + W, …), so skipping steps × per-device batch × W indices here resumes every rank where it was.
-    `__len__` stays the whole epoch's, as Lightning's progress counters (restored from the checkpoint) expect.
+    Ranks share out the epoch as Lightning's `DistributedSamplerWrapper` would (the order padded with its first
+    indices to a multiple of the W ranks, rank r taking positions r, r + W, …), but here, since a rank's skipped
+    indices must come out of its own share: being a `DistributedSampler`, Lightning uses it as it is. `__len__`
+    is the whole epoch's share, as Lightning's progress counters (restored from the checkpoint) expect.
     """
 
-    def __init__(self, order: Sampler[int]) -> None:
-        self.order, self.epoch = order, 0
+    def __init__(self, order: Sampler[int], num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(len(order)), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.order = order
         self.resume_epoch: int | None = None
         self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().set_epoch(epoch)
         self.order.set_epoch(epoch)
 
     def resume_at(self, epoch: int, skip: int) -> None:
         self.resume_epoch, self.skip = epoch, skip
 
-    def __len__(self) -> int:
-        return len(self.order)
-
     def __iter__(self) -> Iterator[int]:
-        indices = iter(self.order)
+        indices = list(self.order)  # [N] the epoch's order
+        indices += indices[: self.total_size - len(indices)]  # padded to W × num_samples
+        share = iter(indices[self.rank : self.total_size : self.num_replicas])  # [num_samples]
         if self.epoch == self.resume_epoch:
-            indices = itertools.islice(indices, self.skip, None)
+            share = itertools.islice(share, self.skip, None)
             self.resume_epoch = None  # once: a later pass over this epoch number is a whole one
-        return indices
+        return share
