@@ -124,7 +124,7 @@ class DPOLitModule(L.LightningModule):
             return 0.0 * output.losses.sum()
         if stage == "train":
             self.log_dict({f"train/{name}": value for name, value in metrics.items()}, batch_size=batch.num_pairs)
-        return output.losses.mean()
+        return output.losses.mean() * batch.loss_weight  # its rank's share of the step (streaming DDP)
 
     def _add_validation_metrics(self, metrics: dict[str, torch.Tensor], pairs: int) -> None:
         """Accumulate Σ metric × pairs per metric, and the pairs, for `on_validation_epoch_end`."""

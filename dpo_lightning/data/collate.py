@@ -58,6 +58,9 @@ class Batch:
         it is fed twice, and once in the others); what `train/tokens_per_s` counts.
     placeholder: a stand-in batch for a rank that has run out of data while others have not (streaming):
         it goes through the model so that collectives match, but its loss is multiplied by zero.
+    loss_weight: this rank's share of the step under data parallelism, W × its pairs ÷ all W ranks' pairs
+        (streaming, where ranks can hold different numbers of pairs; 1 for equal shares): the module scales its
+        loss by it, so that DDP's mean of the ranks' gradients is the gradient of the mean over every pair.
     pair_keys: [P] int64 content key of each pair (`pair_key`), whatever the layout; what
         `reference=precomputed` looks its cached reference log-probs up by.
     """
@@ -73,6 +76,7 @@ class Batch:
     num_tokens: int
     placeholder: bool = False
     pair_keys: torch.Tensor | None = None
+    loss_weight: float = 1.0
 
     @property
     def shares_prompts(self) -> bool:
@@ -290,7 +294,7 @@ def to_padded(batch: Batch, pad_token_id: int = 0) -> Batch:
         prompt = input_ids[row, last - int(position_ids[row, last]) : last + 1].tolist()
         pairs.append(TokenizedPair(prompt, responses[k], responses[num_pairs + k]))
     padded = collate_padded(pairs, pad_token_id).to(batch.input_ids.device)
-    padded.placeholder = batch.placeholder
+    padded.placeholder, padded.loss_weight = batch.placeholder, batch.loss_weight
     return padded
 
 

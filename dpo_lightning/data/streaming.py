@@ -14,9 +14,11 @@ rank r yields its chunks in stream order (r, r + R, r + 2R, …): with one rank 
 batches are exactly those of the map-style loader.
 
 Equal steps. Ranks may own different numbers of chunks, and skipped rows can empty a chunk. In each
-rank's main process `EqualStepsLoader` exchanges, before every step, whether each rank still has a batch
+rank's main process `EqualStepsLoader` exchanges, before every step, how many pairs each rank's batch holds
 (and any data error): while any rank has one, a rank without one runs a placeholder batch whose loss is
-multiplied by zero, so all ranks run the same steps and no collective waits forever. A data error on one
+multiplied by zero, so all ranks run the same steps and no collective waits forever; and each real batch
+carries its rank's share of the step's pairs (`Batch.loss_weight`), so that the step's gradient is the mean over
+its pairs whichever ranks hold them. A data error on one
 rank stops every rank with the same message.
 """
 
@@ -134,14 +136,17 @@ class EqualStepsLoader:
         steps = 0
         while True:
             batch, error = self._next_batch(chunks)
-            states = all_ranks((batch is not None, error))
+            states = all_ranks((batch.num_pairs if batch is not None else 0, error))  # (pairs, error) per rank
             errors = [error for _, error in states if error]
             if errors:
                 raise DataError(errors[0])
-            if not any(has_batch for has_batch, _ in states):
+            step_pairs = sum(pairs for pairs, _ in states)
+            if step_pairs == 0:
                 if steps == 0:
                     raise DataError(f"{self.dataset.origin}: no usable rows")
                 return
+            if batch is not None:  # this rank's share of the step: see Batch.loss_weight
+                batch.loss_weight = len(states) * batch.num_pairs / step_pairs
             steps += 1
             if steps > skip:
                 yield batch if batch is not None else self.placeholder

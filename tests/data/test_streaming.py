@@ -123,8 +123,12 @@ def _equal_steps_worker(rank, path, init_file, results_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         loader = EqualStepsLoader(_stream(path, rank=rank, world_size=2, chunk_size=2), 2, placeholder_batch(2))
-        steps = [[] if batch.placeholder else _prompts(batch) for batch in loader]
-        (results_dir / f"{rank}.json").write_text(json.dumps({"steps": steps, "rows": loader.report.rows}))
+        batches = list(loader)
+        steps = [[] if batch.placeholder else _prompts(batch) for batch in batches]
+        weights = [None if batch.placeholder else batch.loss_weight for batch in batches]
+        (results_dir / f"{rank}.json").write_text(
+            json.dumps({"steps": steps, "weights": weights, "rows": loader.report.rows})
+        )
     finally:
         dist.destroy_process_group()
 
@@ -141,3 +145,6 @@ def test_two_ranks_run_equal_steps_with_placeholders_when_one_runs_dry(tmp_path)
     seen = Counter(prompt for r in results for step in r["steps"] for prompt in step)
     assert seen == Counter(f"Question {i}?" for i in range(13))
     assert [r["rows"] for r in results] == [7, 6]
+    # Each batch's share of its step: W × its pairs ÷ the step's pairs (2 + 2 → 1 each; the last step: rank 0's
+    # one pair is all of it → 2, so that DDP's mean over ranks is that pair's gradient).
+    assert results[0]["weights"] == [1.0, 1.0, 1.0, 2.0] and results[1]["weights"] == [1.0, 1.0, 1.0, None]
