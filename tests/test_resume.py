@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import SMALL
+from test_train import ROOT, SMALL
 
 from dpo_lightning import checkpointing
 from dpo_lightning.checkpointing import CheckpointError, load_checkpoint_file, save_checkpoint_file
@@ -22,7 +22,6 @@ from dpo_lightning.data.sampler import ResumableSampler, ShuffledSampler
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.resume import resume_arguments
 
-ROOT = Path(__file__).resolve().parents[1]
 # test_train's short tiny-model run, checkpointing after every optimizer step, with 2 micro-batches a step
 # (a signal can arrive between the micro-batches of one step), no validation inside the run, no sampling.
 RUN = [
