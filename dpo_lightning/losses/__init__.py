@@ -3,6 +3,6 @@
 A conf option `conf/loss/<name>.yaml` instantiates the wrapper with `_target_: dpo_lightning.losses.<file>.<Class>`.
 """
 
-from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, TokenLogps
+from dpo_lightning.losses.base import LossOutput, Objective, PairLogps, RankingLogps, TokenLogps
 
-__all__ = ["LossOutput", "Objective", "PairLogps", "TokenLogps"]
+__all__ = ["LossOutput", "Objective", "PairLogps", "RankingLogps", "TokenLogps"]

@@ -7,6 +7,9 @@ configured `Objective`. Notation used in every loss file, for P pairs:
     π_c, π_r      [P] summed log-probs of the chosen / rejected response under the policy
     ref_c, ref_r  [P] the same under the reference (0 with `reference=none`: π_ref ≡ 1)
     Δ             = (π_c − ref_c) − (π_r − ref_r)       the implicit-reward margin, per unit β
+
+A ranking objective (`takes_rankings`, e.g. `loss=plackett_luce`) receives `RankingLogps` instead: G rankings of
+up to K responses each, a preference pair being a ranking of two.
 """
 
 from __future__ import annotations
@@ -54,6 +57,46 @@ class PairLogps:
 
 
 @dataclass(frozen=True)
+class RankingLogps:
+    """Summed response log-probs of G rankings of at most K responses each, under one model.
+
+    logps: [G, K] fp32 summed log-probs of each ranking's responses (0 in padding slots).
+    num_tokens: [G, K] response tokens summed (0 in padding slots).
+    ranks: [G, K] int64 competition ranks from the labels: 0 = best, tied responses share a rank
+        (`data/rankings.py`); −1 marks a padding slot of a ranking with fewer than K responses.
+    """
+
+    logps: torch.Tensor
+    num_tokens: torch.Tensor
+    ranks: torch.Tensor
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[G, K] bool: the slots that hold a response."""
+        return self.ranks >= 0
+
+    @classmethod
+    def from_sequences(
+        cls, logps: torch.Tensor, num_tokens: torch.Tensor, ranks: torch.Tensor, groups: torch.Tensor
+    ) -> RankingLogps:
+        """[S] per-sequence values, their [S] ranks and [S] ranking index (any order) → [G, K] rankings, each
+        ranking's responses in sequence order, K = the largest ranking."""
+        num_groups = int(groups.max()) + 1 if groups.numel() else 0
+        sizes = torch.bincount(groups, minlength=num_groups)  # [G]
+        order = torch.argsort(groups, stable=True)  # [S] sequences grouped by ranking
+        starts = sizes.cumsum(0) - sizes  # [G] first position of each ranking in `order`
+        slots = torch.empty_like(groups)
+        slots[order] = torch.arange(len(groups), device=groups.device) - starts[groups[order]]  # [S] slot in ranking
+        shape = (num_groups, int(sizes.max()) if num_groups else 0)
+
+        def scatter(values: torch.Tensor, fill: float | int) -> torch.Tensor:
+            out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
+            return out.index_put((groups, slots), values)
+
+        return cls(scatter(logps, 0), scatter(num_tokens, 0), scatter(ranks, -1))
+
+
+@dataclass(frozen=True)
 class LossOutput:
     """Per-pair losses plus what gets logged.
 
@@ -75,15 +118,19 @@ class Objective(ABC):
     `needs_reference`: the module builds and runs a reference model only when true.
     `reference_free_ok`: the loss also makes sense with `reference=none` (π_ref ≡ 1), as the reference
     implementation allows for its DPO-family losses.
+    `takes_rankings`: the objective is called with `RankingLogps` (whole rankings; a pair is a ranking of two)
+    rather than `PairLogps`.
     """
 
     name: str = ""
     needs_reference: bool = True
     reference_free_ok: bool = False
+    takes_rankings: bool = False
 
     @abstractmethod
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        """Losses and metrics for one batch; `reference` is None when `needs_reference` is false."""
+        """Losses and metrics for one batch; `reference` is None when `needs_reference` is false (both are
+        `RankingLogps` for an objective that `takes_rankings`)."""
 
 
 def logratios(policy: PairLogps, reference: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:

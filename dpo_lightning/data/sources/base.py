@@ -5,6 +5,9 @@ A source returns, for a split name ("train" or "validation"), rows with the colu
     row                        the row's 0-based position among the split's records as read: over its files
                                in order (JSON Lines: non-blank lines), before any hold-out (for naming bad rows)
     prompt, chosen, rejected   a string each, or (conversational data) a list of {"role", "content"} messages
+                               — or, from a ranked source (`ranked = True`, `data/rankings.py`), instead of
+                               chosen and rejected:
+    responses, scores          K ≥ 2 responses (strings or message lists) and a number each, higher is better
     problem                    "" for a usable row; "<field>: <reason>" for a row that cannot be used;
                                "filtered: <reason>" for a row the task's recipe leaves out on purpose; the
                                reason alone ("malformed JSON") for a stand-in of an unreadable line (files.py)
@@ -32,6 +35,7 @@ from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR, check
 from dpo_lightning.errors import ConfigError, DataError
 
 TRIPLE_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
+RANKED_COLUMNS: tuple[str, ...] = ("prompt", "responses", "scores")  # a ranked source's row (data/rankings.py)
 SPLITS: tuple[str, ...] = ("train", "validation")
 FILTERED = "filtered: "  # prefix of the `problem` of a row left out by the task's recipe (always skipped, counted)
 # A conversation: a list of {"role", "content"} messages (sources normalise messages to exactly these keys).
@@ -68,13 +72,21 @@ class PreferenceSource(Protocol):
         ...
 
 
-def row_features(conversational: bool) -> datasets.Features:
-    """The column types of a source's output; explicit, because a bad row's values are None."""
+def row_features(conversational: bool, ranked: bool = False) -> datasets.Features:
+    """The column types of a source's output (triples, or `ranked` rows); explicit, because a bad row's values
+    are None."""
     value = MESSAGES if conversational else datasets.Value("string")
     text = datasets.Value("string")
-    return datasets.Features(
-        {"row": datasets.Value("int64"), **dict.fromkeys(TRIPLE_COLUMNS, value), "problem": text, "message": text}
-    )
+    if ranked:
+        data = {"prompt": value, "responses": datasets.List(value), "scores": datasets.List(datasets.Value("float64"))}
+    else:
+        data = dict.fromkeys(TRIPLE_COLUMNS, value)
+    return datasets.Features({"row": datasets.Value("int64"), **data, "problem": text, "message": text})
+
+
+def is_ranked(source: object) -> bool:
+    """Whether `source` gives ranked rows (prompt, responses, scores) rather than triples."""
+    return bool(getattr(source, "ranked", False))
 
 
 def _data_columns(columns: Any) -> list[str]:
@@ -88,6 +100,7 @@ class RowSource:
 
     required_columns: tuple[str, ...] = ()  # raw columns that `parse` reads
     conversational: bool = False  # True: `parse` returns message lists (normalised with `chat.as_messages`)
+    ranked: bool = False  # True: `parse` returns {"prompt", "responses", "scores"} (RANKED_COLUMNS)
 
     def origin(self, split: str) -> str:
         raise NotImplementedError
@@ -97,14 +110,15 @@ class RowSource:
         raise NotImplementedError
 
     def parse(self, row: dict[str, Any]) -> dict[str, Any]:
-        """One raw row → {"prompt", "chosen", "rejected"}; raise `RowProblem` or `RowFiltered` if it can't be used."""
+        """One raw row → {"prompt", "chosen", "rejected"} (ranked: {"prompt", "responses", "scores"}); raise
+        `RowProblem` or `RowFiltered` if it can't be used."""
         raise NotImplementedError
 
     def load(self, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
         rows = self.read(split, streaming)
         columns = rows.column_names  # None for a stream whose schema is only known once read
         self.check_columns(rows, self.origin(split))
-        features = row_features(self.conversational)
+        features = row_features(self.conversational, self.ranked)
         parse = partial(self._parse_row, origin=self.origin(split))
         parsed = rows.map(parse, with_indices=True, remove_columns=columns, features=features)
         return parsed if columns is not None else parsed.select_columns(list(features))
@@ -131,7 +145,8 @@ class RowSource:
             except KeyError as missing:
                 found = sorted(_data_columns(row))
                 raise DataError(f"{origin}: row {index}: missing column {missing}; found {found}") from None
-        return {"row": index, **{c: triple.get(c) for c in TRIPLE_COLUMNS}, "problem": problem, "message": message}
+        columns = RANKED_COLUMNS if self.ranked else TRIPLE_COLUMNS
+        return {"row": index, **{c: triple.get(c) for c in columns}, "problem": problem, "message": message}
 
 
 class HubSource(RowSource):
