@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dpo_lightning.losses.base import LossOutput, PairLogps
+from dpo_lightning.losses.base import LossOutput, PairLogps, RankingLogps
 
 
 def preference_metrics(output: LossOutput, policy: PairLogps) -> dict[str, torch.Tensor]:
@@ -23,3 +23,38 @@ def preference_metrics(output: LossOutput, policy: PairLogps) -> dict[str, torch
             "rewards/margins": (output.chosen_rewards - output.rejected_rewards).mean(),
         }
     return metrics | output.metrics
+
+
+def ranking_metrics(policy: RankingLogps, reference: RankingLogps | None) -> dict[str, torch.Tensor]:
+    """Scalar metrics of how each ranking's implicit-reward order matches its labels, for G rankings of ≤ K responses.
+
+        s_k     = log π(y_k|x) − log π_ref(y_k|x)     (log π alone when `reference` is None; β-free: both metrics
+                                                      depend on the order of s only)
+        a_ij    = sign(s_i − s_j),  b_ij = sign(rank_j − rank_i)      for each pair i < j of valid slots
+        τ_b     = Σ a_ij·b_ij / sqrt(Σ a_ij² · Σ b_ij²)              Kendall's τ-b: (n_c − n_d) over the geometric
+                                                                      mean of the pairs untied in s and in the labels
+
+    "ranking/kendall_tau": τ_b averaged over the rankings where it is defined (s not all tied; labels always have two
+        levels); 0 in a batch where it is defined for none (policy = reference at step 0), so logged means stay finite.
+    "ranking/top1": mean over rankings of the share of the highest-scored responses that have rank 0 (1 or 0 unless
+        scores tie at the top: the chance of a hit when ties are broken at random).
+    """
+    scores = policy.logps.detach().float()  # [G, K] s
+    if reference is not None:
+        scores = scores - reference.logps.detach().float()
+    ranks, valid = policy.ranks, policy.valid  # [G, K]
+    upper = torch.ones(ranks.shape[-1], ranks.shape[-1], dtype=torch.bool, device=ranks.device).triu(1)  # [K, K] i < j
+    pairs = valid[:, :, None] & valid[:, None, :] & upper  # [G, K, K] each pair of responses once
+    by_score = torch.sign(scores[:, :, None] - scores[:, None, :]) * pairs  # [G, K, K] a_ij, 0 off pairs
+    by_label = torch.sign(ranks[:, None, :] - ranks[:, :, None]).float() * pairs  # [G, K, K] b_ij, 0 off pairs
+    concordance = (by_score * by_label).sum(dim=(1, 2))  # [G] n_c − n_d
+    untied_scores, untied_labels = by_score.abs().sum(dim=(1, 2)), by_label.abs().sum(dim=(1, 2))  # [G], [G] counts
+    defined = (untied_scores > 0) & (untied_labels > 0)  # [G]
+    tau = concordance / (untied_scores * untied_labels).clamp(min=1).sqrt()  # [G], 0 where undefined
+    masked = scores.masked_fill(~valid, float("-inf"))  # [G, K]
+    top = masked == masked.amax(dim=-1, keepdim=True)  # [G, K] the highest-scored responses (several on a tie)
+    top1 = (top & (ranks == 0)).sum(dim=-1) / top.sum(dim=-1).clamp(min=1)  # [G]
+    return {
+        "ranking/kendall_tau": tau.sum() / defined.sum().clamp(min=1),
+        "ranking/top1": top1.mean(),
+    }
