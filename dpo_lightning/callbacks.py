@@ -1,4 +1,4 @@
-"""Training throughput: pairs/s and tokens/s of training steps (validation excluded), summed over devices."""
+"""Training throughput: pairs/s (rankings/s), tokens/s of training steps (validation excluded), summed over devices."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from dpo_lightning.data.collate import Batch
 
 
 class Throughput(L.Callback):
-    """Logs `train/pairs_per_s` and `train/tokens_per_s` every step and keeps run totals for summary.json.
+    """Logs `train/pairs_per_s` and `train/tokens_per_s` every step (and `train/rankings_per_s` for ranked
+    batches) and keeps run totals for summary.json. A ranked batch's pairs are those of `data.ranking_pairs`
+    in its rankings (`Batch.pair_index`): what a pairwise loss trains on.
 
     A step is timed from batch start to batch end (forward, backward and optimizer step; data loading and
     validation excluded). Rates are per-device rates × world size; tokens are `Batch.num_tokens`, the non-padding
@@ -21,7 +23,7 @@ class Throughput(L.Callback):
 
     def __init__(self) -> None:
         self._start = 0.0
-        self.steps: list[tuple[int, int, float]] = []  # (pairs, tokens, seconds) per step on this device
+        self.steps: list[tuple[int, int, int, float]] = []  # (pairs, rankings, tokens, seconds) a step, this device
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Batch, batch_idx: int
@@ -34,18 +36,20 @@ class Throughput(L.Callback):
         seconds = time.perf_counter() - self._start
         if batch.placeholder:  # no data on this rank (end of a stream): not throughput
             return
-        self.steps.append((batch.num_pairs, batch.num_tokens, seconds))
+        pairs, rankings = batch.pair_index.shape[1], batch.num_pairs if batch.ranked else 0
+        self.steps.append((pairs, rankings, batch.num_tokens, seconds))
         scale = trainer.world_size / seconds
-        pl_module.log("train/pairs_per_s", batch.num_pairs * scale, on_step=True, prog_bar=True)
+        pl_module.log("train/pairs_per_s", pairs * scale, on_step=True, prog_bar=True)
         pl_module.log("train/tokens_per_s", batch.num_tokens * scale, on_step=True)
+        if batch.ranked:
+            pl_module.log("train/rankings_per_s", rankings * scale, on_step=True)
 
     def totals(self, world_size: int) -> dict[str, float]:
         """Run-level rates over all timed steps (first step excluded when there are others)."""
         steps = self.steps[1:] if len(self.steps) > 1 else self.steps
-        seconds = sum(s for _, _, s in steps)
+        seconds = sum(step[-1] for step in steps)
         if not steps or seconds == 0:
             return {}
-        return {
-            "train/pairs_per_s": world_size * sum(p for p, _, _ in steps) / seconds,
-            "train/tokens_per_s": world_size * sum(t for _, t, _ in steps) / seconds,
-        }
+        pairs, rankings, tokens = (world_size * sum(step[i] for step in steps) / seconds for i in range(3))
+        totals = {"train/pairs_per_s": pairs, "train/tokens_per_s": tokens}
+        return totals | ({"train/rankings_per_s": rankings} if rankings else {})

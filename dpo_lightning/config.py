@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.data.collate import LAYOUTS
+from dpo_lightning.data.rankings import RANKING_PAIRS, RANKINGS
 from dpo_lightning.data.tokenize import TRUNCATION_MODES
 from dpo_lightning.errors import ConfigError, DataError
 
@@ -205,6 +206,12 @@ def check_data_config(data: DictConfig, streaming: bool) -> None:
         "data.group_by_length",
         "needs map-style data (a stream's lengths are not known ahead); set task.streaming=false or turn it off",
     )
+    _require(data.rankings in RANKINGS, "data.rankings", f"must be one of {', '.join(RANKINGS)}, got {data.rankings!r}")
+    _require(
+        data.ranking_pairs in RANKING_PAIRS,
+        "data.ranking_pairs",
+        f"must be one of {', '.join(RANKING_PAIRS)}, got {data.ranking_pairs!r}",
+    )
 
 
 def check_samples_config(samples: DictConfig) -> None:
@@ -229,6 +236,32 @@ def check_loss_config(cfg: DictConfig) -> None:
             f"loss={cfg.loss.get('name', objective.name)} needs a reference model; reference=none (π_ref ≡ 1) "
             "suits only losses built on the reference implementation's reference-free option",
         )
+
+
+def check_rankings(cfg: DictConfig, ranked_source: bool) -> None:
+    """Checks of how ranked data (a source with `ranked` rows) meets the loss and the reference strategy; called
+    once the source exists (cheap: it reads no data), before any model loads."""
+    if not ranked_source:
+        return
+    objective = build(cfg.loss)
+    loss = cfg.loss.get("name", objective.name)
+    whole = cfg.data.rankings == "whole"
+    _require(
+        whole or not objective.takes_rankings,
+        "data.rankings",
+        f"loss={loss} trains on whole rankings, and data.rankings=pairs flattens them into pairs; use whole",
+    )
+    _require(
+        not (whole and objective.needs_tokens),
+        "data.rankings",
+        f"loss={loss} needs per-token log-probs of pairs; set data.rankings=pairs to flatten the rankings",
+    )
+    _require(
+        not (whole and cfg.reference.name == "precomputed" and objective.needs_reference),
+        "reference",
+        "reference=precomputed caches pairs, not whole rankings: use reference=model (or lora, sync), or "
+        "data.rankings=pairs to flatten the rankings",
+    )
 
 
 def check_reference_config(reference: DictConfig) -> None:

@@ -4,7 +4,7 @@
     h       = hidden[target_rows, target_positions]                  [N, H]      response positions only
     logits  = lm_head(h[chunk])                                      [C, V]      one chunk at a time
     logp    = logits.float().gather(target) − logits.float().logsumexp()   [C]  fp32
-    sums    = zeros(S).index_add(target_seqs, logp)                  [S]         S = 2P sequences
+    sums    = zeros(S).index_add(target_seqs, logp)                  [S]         S sequences (2P for P pairs)
 
 The LM head runs only where a response token is predicted (never on prompt or padding positions), and the
 fp32 log-softmax is taken chunk by chunk, so at most one fp32 copy of the response logits exists (autograd
@@ -104,18 +104,18 @@ def token_logprobs(model: PreTrainedModel, batch: Batch, chunk_size: int = 2048,
 
 
 def sum_per_sequence(token_logps: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N] token log-probs → [2P] summed log-probs per sequence and [2P] token counts."""
-    num_sequences = 2 * batch.num_pairs
+    """[N] token log-probs → [S] summed log-probs per sequence and [S] token counts."""
+    num_sequences = batch.num_sequences
     logps = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
-    logps = logps.index_add(0, batch.target_seqs, token_logps)  # [2P]
-    num_tokens = torch.bincount(batch.target_seqs, minlength=num_sequences)  # [2P]
+    logps = logps.index_add(0, batch.target_seqs, token_logps)  # [S]
+    num_tokens = torch.bincount(batch.target_seqs, minlength=num_sequences)  # [S]
     return logps, num_tokens
 
 
 def sequence_logprobs(
     model: PreTrainedModel, batch: Batch, chunk_size: int = 2048, lean: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the batch's 2P response sequences: [2P] fp32 sums and [2P] token counts."""
+    """Summed log-probs of the batch's S response sequences: [S] fp32 sums and [S] token counts."""
     return sum_per_sequence(token_logprobs(model, batch, chunk_size, lean), batch)
 
 

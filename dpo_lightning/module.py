@@ -1,11 +1,14 @@
 """DPOLitModule: the trainable policy, the frozen reference and one objective, orchestrated by Lightning.
 
-    batch ─► batch_for(policy) ─► token_logprobs(policy) [N] ─► sums [2P] ──┐
-                              └──► reference.logprobs (no_grad)      [2P] ─┴─► objective(…) ─► losses, rewards
+    batch ─► batch_for(policy) ─► token_logprobs(policy) [N] ─► sums [S] ──┐
+                              └──► reference.logprobs (no_grad)      [S] ─┴─► pairs or rankings ─► objective(…)
 
-Chosen and rejected sequences go through the policy in one forward (the batch holds both). The batch comes in
-the layout `data.layout` chose; `layout_support.batch_for` rebuilds it in the padded layout, once per step for
-policy and reference, if the policy failed the 4-D-mask probe (one logged notice).
+Every response of the batch goes through the policy in one forward (the batch holds them all: chosen and
+rejected, or a ranking's K). A pairwise objective gets `PairLogps` of the batch's `pair_index` pairs (a pair
+batch's own pairs; a ranked batch's pairs chosen by `data.ranking_pairs`, each response computed once however
+many pairs it is in); a ranking objective (`takes_rankings`) gets `RankingLogps` (a pair is a ranking of two).
+The batch comes in the layout `data.layout` chose; `layout_support.batch_for` rebuilds it in the padded layout,
+once per step for policy and reference, if the policy failed the 4-D-mask probe (one logged notice).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from dpo_lightning.config import build
 from dpo_lightning.data.collate import Batch
 from dpo_lightning.layout_support import batch_for
 from dpo_lightning.logprobs import check_supported, sum_per_sequence, token_logprobs
-from dpo_lightning.losses.base import Objective, PairLogps, TokenLogps
-from dpo_lightning.metrics import preference_metrics
+from dpo_lightning.losses.base import Objective, PairLogps, RankingLogps, TokenLogps
+from dpo_lightning.metrics import preference_metrics, ranking_metrics
 from dpo_lightning.models import build_model, compile_blocks
 from dpo_lightning.parallel import shard_causal_lm
 from dpo_lightning.reference import FrozenReference, Reference, build_reference, evaluation_reference
@@ -36,11 +39,19 @@ KL_REFERENCE_PREFIX = "kl_reference."  # state-dict keys of the evaluation-only 
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 
-def split_pairs(
-    logps: torch.Tensor, num_tokens: torch.Tensor, num_pairs: int, tokens: TokenLogps | None = None
+def pair_logps(
+    logps: torch.Tensor, num_tokens: torch.Tensor, batch: Batch, token_logps: torch.Tensor | None = None
 ) -> PairLogps:
-    """[2P] per-sequence values (chosen first, then rejected) → PairLogps."""
-    return PairLogps(logps[:num_pairs], logps[num_pairs:], num_tokens[:num_pairs], num_tokens[num_pairs:], tokens)
+    """[S] per-sequence values → PairLogps of the batch's Q `pair_index` pairs; with the [N] per-token log-probs
+    (token-level objectives) only in a batch of pairs, whose sequence numbers `TokenLogps` follows."""
+    better, worse = batch.pair_index  # [Q], [Q]
+    tokens = TokenLogps(token_logps, batch.target_seqs) if token_logps is not None and not batch.ranked else None
+    return PairLogps(logps[better], logps[worse], num_tokens[better], num_tokens[worse], tokens)
+
+
+def ranking_logps(logps: torch.Tensor, num_tokens: torch.Tensor, batch: Batch) -> RankingLogps:
+    """[S] per-sequence values → RankingLogps [P, K] (a pair batch: P rankings of two)."""
+    return RankingLogps.from_sequences(logps, num_tokens, batch.ranks, batch.groups)
 
 
 class DPOLitModule(L.LightningModule):
@@ -111,13 +122,20 @@ class DPOLitModule(L.LightningModule):
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
         batch = batch_for(self.policy, batch)
         token_logps = token_logprobs(self.policy, batch, lean=self.hparams.model.get("lean_logprobs", True))  # [N]
-        tokens = TokenLogps(token_logps, batch.target_seqs)
-        policy = split_pairs(*sum_per_sequence(token_logps, batch), batch.num_pairs, tokens)
-        reference = None
-        if self.reference is not None:
-            reference = split_pairs(*self.reference.logprobs(batch), batch.num_pairs)
-        output = self.objective(policy, reference)
+        policy_sums = sum_per_sequence(token_logps, batch)  # [S] log-probs, [S] token counts
+        reference_sums = self.reference.logprobs(batch) if self.reference is not None else None  # [S], [S]
+        policy = pair_logps(*policy_sums, batch, token_logps)
+        reference = pair_logps(*reference_sums, batch) if reference_sums is not None else None
+        if batch.ranked or self.objective.takes_rankings:
+            policy_rankings = ranking_logps(*policy_sums, batch)
+            reference_rankings = ranking_logps(*reference_sums, batch) if reference_sums is not None else None
+        if self.objective.takes_rankings:
+            output = self.objective(policy_rankings, reference_rankings)
+        else:
+            output = self.objective(policy, reference)
         metrics = preference_metrics(output, policy)
+        if batch.ranked:
+            metrics |= ranking_metrics(policy_rankings, reference_rankings)
         if stage == "val":
             self._add_validation_metrics(metrics, 0 if batch.placeholder else batch.num_pairs)
         if batch.placeholder:  # a rank out of streaming data: same forward and backward, no effect, no metrics

@@ -12,7 +12,7 @@
     sync         SyncReference: TR-DPO (Gorbatovski et al. 2024): a frozen copy that every
                  `reference.every_n_steps` optimizer steps becomes α·policy + (1 − α)·reference.
 
-Every strategy answers `logprobs(batch)` with [2P] summed response log-probs and [2P] token counts, like
+Every strategy answers `logprobs(batch)` with [S] summed response log-probs and [S] token counts, like
 `sequence_logprobs`, never with gradients. Reference weights are not written into checkpoints — the module
 rebuilds the reference from the same source on resume — except where they change during training
 (`in_checkpoint`: `sync`).
@@ -74,7 +74,7 @@ class Reference(nn.Module):
     in_checkpoint: bool = False  # whether checkpoints keep this reference's weights (they change in training)
 
     def logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """[2P] summed response log-probs and [2P] token counts of the batch's sequences."""
+        """[S] summed response log-probs and [S] token counts of the batch's S sequences (2P for pairs)."""
         raise NotImplementedError
 
     def after_optimizer_step(self, policy: nn.Module, step: int) -> None:
@@ -110,8 +110,8 @@ class NoReference(Reference):
     """`reference=none`: π_ref ≡ 1, as the reference implementation's `reference_free` option."""
 
     def logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        num_sequences = 2 * batch.num_pairs
-        num_tokens = torch.bincount(batch.target_seqs, minlength=num_sequences)  # [2P]
+        num_sequences = batch.num_sequences
+        num_tokens = torch.bincount(batch.target_seqs, minlength=num_sequences)  # [S]
         return torch.zeros(num_sequences, device=batch.target_seqs.device), num_tokens
 
 
@@ -201,7 +201,10 @@ class PrecomputedReference(Reference):
         if batch.placeholder:  # a rank out of streaming data: its loss is multiplied by zero anyway
             return torch.zeros(2 * batch.num_pairs, device=device), num_tokens
         if batch.pair_keys is None:
-            raise RuntimeError("reference=precomputed needs batches with pair_keys (see data.collate.pair_key)")
+            raise RuntimeError(
+                "reference=precomputed needs batches of pairs with pair_keys (see data.collate.pair_key); "
+                "ranked batches are not cached (data.rankings=pairs flattens rankings into pairs)"
+            )
         table = self._table(device)
         keys = table["keys"]
         index = torch.searchsorted(keys, batch.pair_keys).clamp(max=max(len(keys) - 1, 0))  # [P]

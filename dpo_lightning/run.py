@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.callbacks import Throughput
 from dpo_lightning.checkpointing import SafetensorsCheckpointIO
-from dpo_lightning.config import TASK_DATA_KEYS, build, validate_config
+from dpo_lightning.config import TASK_DATA_KEYS, build, check_rankings, validate_config
 from dpo_lightning.console import (
     print_config_tree,
     progress_bar,
@@ -29,6 +29,7 @@ from dpo_lightning.console import (
 )
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.sources import build_source
+from dpo_lightning.data.sources.base import is_ranked
 from dpo_lightning.eval.callback import SampleEvaluation
 from dpo_lightning.eval.sampling import SamplingSettings
 from dpo_lightning.export import RunSummary, export_policy
@@ -58,6 +59,8 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> PreferenceDataModule:
         layout=cfg.data.layout,
         packing_max_tokens=cfg.data.packing_max_tokens,
         group_by_length=cfg.data.group_by_length,
+        rankings=cfg.data.rankings,
+        ranking_pairs=cfg.data.ranking_pairs,
         seed=cfg.seed,
         **{key: task[key] for key in TASK_DATA_KEYS if key != "name"},
     )
@@ -93,7 +96,7 @@ def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None
     """Log the final validation metrics, with what they were before training, and where the outputs are."""
     if "val/rewards/accuracies" in metrics:
         log.info(
-            "val/rewards/accuracies %.3f (chance 0.5) · val/loss %.4f (log 2 = 0.6931 before training) · "
+            "val/rewards/accuracies %.3f (chance 0.5) · val/loss %.4f (pairwise DPO: log 2 = 0.6931 before training) · "
             "val/rewards/margins %.3f",
             metrics["val/rewards/accuracies"],
             metrics["val/loss"],
@@ -131,6 +134,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tokenizer = load_tokenizer(cfg.model)
         datamodule = build_datamodule(cfg, tokenizer)
+        check_rankings(cfg, is_ranked(datamodule.source))
         sample_evaluation = build_sample_evaluation(cfg, tokenizer, output_dir)
         module = DPOLitModule(
             model=_plain(cfg.model),

@@ -10,28 +10,34 @@ Two paths share every step that touches a row (`PairPreparer`, `RowReport`, the 
 
 Batches come in the layout `layout` names (`data.layout`: packed (default) | prefix_shared | padded, see
 `data/collate.py`); the module falls back to the padded one for a model that cannot take it.
+
+Ranked sources (K responses with scores a prompt, `data/rankings.py`) reach the model whole by default
+(`rankings="whole"`: one example a prompt, its K responses branches of one block; `RankingPreparer`), or
+flattened into pairs before tokenizing (`rankings="pairs"`: `flatten_rankings`, then the pair path). Either way
+`ranking_pairs` picks the pairs a pairwise loss sees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import datasets
 import lightning as L
+import numpy as np
 import pyarrow.compute as pc
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from dpo_lightning.data.collate import Batch, Collate, collate_function, placeholder_batch
-from dpo_lightning.data.prepare import REPORT_COLUMNS, PairPreparer, RowReport
+from dpo_lightning.data.collate import Batch, Collate, Example, collate_function, placeholder_batch
+from dpo_lightning.data.prepare import REPORT_COLUMNS, PairPreparer, RankingPreparer, RowReport, flatten_rankings
+from dpo_lightning.data.rankings import RANKING_PAIRS, RANKINGS
 from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler, ShuffledSampler
-from dpo_lightning.data.sources.base import SPLITS, PreferenceSource
+from dpo_lightning.data.sources.base import SPLITS, PreferenceSource, is_ranked, row_features
 from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs, all_ranks
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TruncationMode
 from dpo_lightning.errors import ConfigError, DataError
-
-ID_COLUMNS: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -40,7 +46,8 @@ class PreferenceDataModule(L.LightningDataModule):
     `batch_size` is the global batch in pairs: each device gets
     `batch_size / (world_size × accumulate_grad_batches)` pairs per step, so the optimizer always sees
     `batch_size` pairs whatever the number of devices. `layout` and `packing_max_tokens` choose the collate
-    function (`collate.collate_function`); `group_by_length` orders map-style training pairs with
+    function (`collate.collate_function`); `rankings` and `ranking_pairs` how ranked data is batched (module
+    docstring); `group_by_length` orders map-style training pairs with
     `LengthGroupedSampler` (groups of one step's pairs over all ranks), else `ShuffledSampler` (a seeded
     permutation per epoch).
 
@@ -67,8 +74,14 @@ class PreferenceDataModule(L.LightningDataModule):
         layout: str = "packed",
         packing_max_tokens: int | None = None,
         group_by_length: bool = False,
+        rankings: str = "whole",
+        ranking_pairs: str = "all",
     ) -> None:
         super().__init__()
+        if rankings not in RANKINGS:
+            raise ConfigError("data.rankings", f"must be one of {', '.join(RANKINGS)}, got {rankings!r}")
+        if ranking_pairs not in RANKING_PAIRS:
+            raise ConfigError("data.ranking_pairs", f"must be one of {', '.join(RANKING_PAIRS)}, got {ranking_pairs!r}")
         self.source = source
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -84,9 +97,10 @@ class PreferenceDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.num_workers = num_workers
-        self.collate: Collate = collate_function(layout, tokenizer.pad_token_id, packing_max_tokens)
+        self.collate: Collate = collate_function(layout, tokenizer.pad_token_id, packing_max_tokens, ranking_pairs)
         self.group_by_length = group_by_length
-        self.preparer: PairPreparer | None = None
+        self.rankings, self.ranking_pairs = rankings, ranking_pairs
+        self.preparer: PairPreparer | RankingPreparer | None = None
         self.pairs: dict[str, datasets.Dataset] = {}  # map-style: prepared usable pairs per split
         self.reports: dict[str, RowReport] = {}  # map-style: per split
         self.streams: dict[str, EqualStepsLoader] = {}  # streaming: per split
@@ -105,16 +119,30 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.preparer is None:
-            self.preparer = PairPreparer(self.tokenizer, PairTokenizer(self.tokenizer, **self.tokenize_options))
+            preparer = RankingPreparer if self.whole_rankings else PairPreparer
+            self.preparer = preparer(self.tokenizer, PairTokenizer(self.tokenizer, **self.tokenize_options))
         if not self.streaming:
             for split in SPLITS:
                 if split not in self.pairs:
                     self.pairs[split] = self._prepare(split)
 
+    @property
+    def whole_rankings(self) -> bool:
+        """Whether examples are whole rankings (a ranked source with `rankings="whole"`) rather than pairs."""
+        return is_ranked(self.source) and self.rankings == "whole"
+
     def _rows(self, split: str) -> datasets.Dataset | datasets.IterableDataset:
         rows = self.source.load(split, streaming=self.streaming)
-        if getattr(self.source, "conversational", False) and self.tokenizer.chat_template is None:
+        conversational = getattr(self.source, "conversational", False)
+        if conversational and self.tokenizer.chat_template is None:
             raise ConfigError("model.tokenizer", "has no chat template, and this task's rows are conversations")
+        if is_ranked(self.source) and self.rankings == "pairs":
+            rows = rows.map(
+                partial(flatten_rankings, mode=self.ranking_pairs),
+                batched=True,
+                remove_columns=list(row_features(conversational, ranked=True)),
+                features=row_features(conversational),
+            )
         return rows
 
     def _prepare(self, split: str) -> datasets.Dataset:
@@ -126,7 +154,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if report.rows == 0:
             raise DataError(f"{self.source.origin(split)}: no usable rows")
         self.reports[split] = report
-        return prepared.select([i for i, ok in enumerate(usable) if ok]).select_columns(list(ID_COLUMNS))
+        return prepared.select([i for i, ok in enumerate(usable) if ok]).select_columns(list(self.preparer.id_columns))
 
     def _micro_batch_size(self) -> int:
         trainer = self.trainer
@@ -153,7 +181,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if shuffle:
             rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             order = (
-                LengthGroupedSampler(_pair_lengths(pairs), batch_size * world_size, seed=self.seed)
+                LengthGroupedSampler(_example_lengths(pairs), batch_size * world_size, seed=self.seed)
                 if self.group_by_length
                 else ShuffledSampler(len(pairs), seed=self.seed)
             )
@@ -166,7 +194,7 @@ class PreferenceDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_rows, collate=self.collate),
+            collate_fn=partial(_collate_rows, collate=self.collate, example=self.preparer.example),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -184,7 +212,9 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.trainer is not None:
             dataset.rank, dataset.world_size = self.trainer.global_rank, self.trainer.world_size
         self.streams[split] = EqualStepsLoader(
-            dataset, self.num_workers, placeholder_batch(self.tokenizer.pad_token_id, self.collate)
+            dataset,
+            self.num_workers,
+            placeholder_batch(self.tokenizer.pad_token_id, self.collate, ranked=self.whole_rankings),
         )
         return self.streams[split]
 
@@ -207,7 +237,7 @@ class PreferenceDataModule(L.LightningDataModule):
         for row in candidates:
             if len(pairs) == count:
                 break
-            pairs.setdefault(tuple(row["prompt_ids"]), TokenizedPair(*(row[column] for column in ID_COLUMNS)))
+            pairs.setdefault(tuple(row["prompt_ids"]), self.preparer.evaluation_pair(row))
         return list(pairs.values())
 
     def report(self) -> dict[str, dict[str, Any]]:
@@ -228,12 +258,18 @@ class PreferenceDataModule(L.LightningDataModule):
         return totals
 
 
-def _collate_rows(rows: list[dict], collate: Collate) -> Batch:
-    return collate([TokenizedPair(**row) for row in rows])
+def _collate_rows(rows: list[dict], collate: Collate, example: Callable[[dict], Example]) -> Batch:
+    return collate([example(row) for row in rows])
 
 
-def _pair_lengths(pairs: datasets.Dataset) -> list[int]:
-    """[N] prompt + chosen + rejected tokens of each pair, from the Arrow columns (no Python lists of ids)."""
-    table = pairs.with_format("arrow")[:]
-    lengths = [pc.list_value_length(table.column(column)) for column in ID_COLUMNS]
+def _example_lengths(examples: datasets.Dataset) -> list[int]:
+    """[N] tokens of each example (prompt + every response), from the Arrow columns (no Python lists of ids)."""
+    table = examples.with_format("arrow")[:]
+    if "response_ids" in table.column_names:  # rankings: the prompt, then the responses' total per ranking
+        responses = table.column("response_ids").combine_chunks()  # list<list<int>>: [G] rankings of K_g responses
+        tokens = np.concatenate([[0], np.cumsum(pc.list_value_length(responses.values).to_numpy())])  # [Σ K + 1]
+        offsets = responses.offsets.to_numpy()  # [G + 1] each ranking's first response
+        response_tokens = tokens[offsets[1:]] - tokens[offsets[:-1]]  # [G]
+        return (pc.list_value_length(table.column("prompt_ids")).to_numpy() + response_tokens).tolist()
+    lengths = [pc.list_value_length(table.column(column)) for column in ("prompt_ids", "chosen_ids", "rejected_ids")]
     return pc.add(pc.add(lengths[0], lengths[1]), lengths[2]).to_pylist()

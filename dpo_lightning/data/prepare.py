@@ -1,7 +1,10 @@
-"""Source rows → tokenized pairs: one function for map-style and streaming data alike.
+"""Source rows → tokenized pairs (or rankings): one function for map-style and streaming data alike.
 
     rows (row, prompt, chosen, rejected, problem, message)
       └─ triple_problem ─► render conversations with the chat template ─► PairTokenizer ─► prepared columns
+    ranked rows (row, prompt, responses, scores, problem, message)
+      ├─ data.rankings=whole: RankingPreparer ─► ranked_problem ─► render ─► PairTokenizer.rankings ─► columns
+      └─ data.rankings=pairs: flatten_rankings ─► triple rows (one per pair of `data.ranking_pairs`) ─► as above
 
 A row that fails keeps its place with its `problem` and no token ids; `RowReport` then decides, in one
 place, whether that stops the run (an error naming dataset, split, row and field, or for an unreadable line
@@ -19,9 +22,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from dpo_lightning.data.chat import render
+from dpo_lightning.data.rankings import ranking_pairs, ranks_from_scores
 from dpo_lightning.data.sources.base import FILTERED, RowProblem
-from dpo_lightning.data.tokenize import PairTokenizer
-from dpo_lightning.data.validate import triple_problem
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizedRanking
+from dpo_lightning.data.validate import ranked_problem, triple_problem
 from dpo_lightning.errors import DataError
 
 # Read by RowReport.
@@ -31,18 +35,31 @@ IDENTICAL_AFTER_TRUNCATION = "chosen: identical to rejected after truncation"
 IDENTICAL_TOKENS = "chosen: identical to rejected as tokens"
 
 
-def pair_key(prompt: str, chosen: str, rejected: str) -> str:
-    """A digest of a pair's texts: equal for equal pairs (what counts duplicates without keeping the texts)."""
-    return hashlib.blake2b(repr((prompt, chosen, rejected)).encode(), digest_size=16).hexdigest()
+def pair_key(*texts: Any) -> str:
+    """A digest of an example's texts (and scores): equal for equal examples (what counts duplicates without
+    keeping the texts)."""
+    return hashlib.blake2b(repr(texts).encode(), digest_size=16).hexdigest()
 
 
 class PairPreparer:
     """Batched `datasets.map` function: source rows → `row, problem, message, prompt_ids, chosen_ids,
     rejected_ids`, `prompt_truncated` / `responses_truncated` flags, and `pair_key` ("" for a bad row)."""
 
+    id_columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")  # what `example` reads
+
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pair_tokenizer: PairTokenizer) -> None:
         self.tokenizer = tokenizer
         self.pair_tokenizer = pair_tokenizer
+
+    @staticmethod
+    def example(row: dict[str, Any]) -> TokenizedPair:
+        """A prepared row's `id_columns` → the pair."""
+        return TokenizedPair(row["prompt_ids"], row["chosen_ids"], row["rejected_ids"])
+
+    @staticmethod
+    def evaluation_pair(row: dict[str, Any]) -> TokenizedPair:
+        """The pair whose prompt (and chosen response, for the table) sampling evaluation uses."""
+        return PairPreparer.example(row)
 
     def _texts(self, prompt: Any, chosen: Any, rejected: Any) -> tuple[str, str, str]:
         if isinstance(prompt, str):
@@ -76,6 +93,102 @@ class PairPreparer:
         out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in positions]
         out["pair_key"] = [pair_key(*texts[i]) if i in encoded else "" for i in positions]
         return out
+
+
+class RankingPreparer:
+    """Batched `datasets.map` function for `data.rankings=whole`: ranked source rows → `row, problem, message,
+    prompt_ids, response_ids` [K], `ranks` [K] (`data/rankings.py`), the truncation flags and `pair_key`."""
+
+    id_columns: tuple[str, ...] = ("prompt_ids", "response_ids", "ranks")  # what `example` reads
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pair_tokenizer: PairTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.pair_tokenizer = pair_tokenizer
+
+    @staticmethod
+    def example(row: dict[str, Any]) -> TokenizedRanking:
+        """A prepared row's `id_columns` → the ranking."""
+        return TokenizedRanking(row["prompt_ids"], row["response_ids"], row["ranks"])
+
+    @staticmethod
+    def evaluation_pair(row: dict[str, Any]) -> TokenizedPair:
+        """The ranking's prompt with its first best and first worst response, for sampling evaluation."""
+        ranks = row["ranks"]
+        best, worst = ranks.index(min(ranks)), ranks.index(max(ranks))
+        return TokenizedPair(row["prompt_ids"], row["response_ids"][best], row["response_ids"][worst])
+
+    def _texts(self, prompt: Any, responses: list[Any]) -> tuple[str, list[str]]:
+        if isinstance(prompt, str):
+            return prompt, responses
+        rendered = [render(self.tokenizer, prompt, response) for response in responses]
+        return rendered[0][0], [text for _, text in rendered]
+
+    def __call__(self, rows: dict[str, list]) -> dict[str, list]:
+        problems = list(rows["problem"])
+        texts: dict[int, tuple[str, list[str]]] = {}  # position in this batch → rendered texts
+        for i, ranking in enumerate(zip(rows["prompt"], rows["responses"], rows["scores"], strict=True)):
+            problems[i] = problems[i] or ranked_problem(*ranking)
+            if problems[i]:
+                continue
+            try:
+                texts[i] = self._texts(*ranking[:2])
+            except RowProblem as problem:
+                problems[i] = str(problem)
+        ranks = {i: ranks_from_scores(rows["scores"][i]) for i in texts}
+        encoded = dict(
+            zip(
+                texts,
+                self.pair_tokenizer.rankings(
+                    [prompt for prompt, _ in texts.values()],
+                    [responses for _, responses in texts.values()],
+                    list(ranks.values()),
+                ),
+                strict=True,
+            )
+        )  # position → ranking
+        for i, (ranking, cut) in list(encoded.items()):
+            if problem := _identical_responses(ranking.response_ids, cut.responses):
+                problems[i] = problem
+                del encoded[i]
+        positions = range(len(problems))
+        out: dict[str, list] = {"row": list(rows["row"]), "problem": problems, "message": list(rows["message"])}
+        out["prompt_ids"] = [encoded[i][0].prompt_ids if i in encoded else [] for i in positions]
+        out["response_ids"] = [encoded[i][0].response_ids if i in encoded else [] for i in positions]
+        out["ranks"] = [encoded[i][0].ranks if i in encoded else [] for i in positions]
+        out["prompt_truncated"] = [i in encoded and encoded[i][1].prompt for i in positions]
+        out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in positions]
+        out["pair_key"] = [pair_key(*texts[i], rows["scores"][i]) if i in encoded else "" for i in positions]
+        return out
+
+
+def _identical_responses(response_ids: list[list[int]], truncated: bool) -> str:
+    """'' unless two different response texts became the same token ids (cut alike, or encoded alike)."""
+    for i, ids in enumerate(response_ids):
+        if ids in response_ids[:i]:
+            how = "after truncation" if truncated else "as tokens"
+            return f"responses[{i}]: identical to responses[{response_ids.index(ids)}] {how}"
+    return ""
+
+
+def flatten_rankings(rows: dict[str, list], mode: str) -> dict[str, list]:
+    """Batched `datasets.map` function for `data.rankings=pairs`: ranked source rows → triple rows (row, prompt,
+    chosen, rejected, problem, message), one per (better, worse) pair of `mode` (`data/rankings.py`), each keeping
+    its ranking's `row`. A bad ranking stays one row, with its problem and no texts, to be reported or counted."""
+    out: dict[str, list] = {key: [] for key in ("row", "prompt", "chosen", "rejected", "problem", "message")}
+
+    def add(row: int, prompt: Any, chosen: Any, rejected: Any, problem: str, message: str) -> None:
+        for key, value in zip(out, (row, prompt, chosen, rejected, problem, message), strict=True):
+            out[key].append(value)
+
+    columns = (rows[key] for key in ("row", "prompt", "responses", "scores", "problem", "message"))
+    for row, prompt, responses, scores, problem, message in zip(*columns, strict=True):
+        problem = problem or ranked_problem(prompt, responses, scores)
+        if problem:
+            add(row, None, None, None, problem, message)
+            continue
+        for better, worse in ranking_pairs(ranks_from_scores(scores), mode):
+            add(row, prompt, responses[better], responses[worse], "", message)
+    return out
 
 
 class RowReport:

@@ -25,6 +25,7 @@ from itertools import pairwise
 from typing import Any
 
 RANKING_PAIRS: tuple[str, ...] = ("all", "adjacent", "best_vs_rest")  # `data.ranking_pairs` values
+RANKINGS: tuple[str, ...] = ("whole", "pairs")  # `data.rankings` values: rankings batched whole, or as pairs
 
 
 def ranks_from_scores(scores: Sequence[float]) -> list[int]:

@@ -24,7 +24,7 @@ rank stops every rank with the same message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +32,8 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dpo_lightning.data.collate import Batch
-from dpo_lightning.data.prepare import PairPreparer, RowReport
-from dpo_lightning.data.tokenize import TokenizedPair
+from dpo_lightning.data.collate import Batch, Collate
+from dpo_lightning.data.prepare import PairPreparer, RankingPreparer, RowReport
 from dpo_lightning.errors import DataError
 
 
@@ -54,8 +53,8 @@ class StreamingPairs(IterableDataset):
     def __init__(
         self,
         rows: datasets.IterableDataset,
-        prepare: PairPreparer,
-        collate: Callable[[list[TokenizedPair]], Batch],
+        prepare: PairPreparer | RankingPreparer,
+        collate: Collate,
         *,
         chunk_size: int,
         origin: str,
@@ -90,14 +89,13 @@ class StreamingPairs(IterableDataset):
             usable = report.account(prepared)
         except DataError as error:
             return StreamChunk(None, {}, str(error))
-        pairs = [
-            TokenizedPair(prompt, chosen, rejected)
-            for prompt, chosen, rejected, ok in zip(
-                prepared["prompt_ids"], prepared["chosen_ids"], prepared["rejected_ids"], usable, strict=True
-            )
+        columns = self.prepare.id_columns
+        examples = [
+            self.prepare.example(dict(zip(columns, values, strict=True)))
+            for *values, ok in zip(*(prepared[column] for column in columns), usable, strict=True)
             if ok
         ]
-        return StreamChunk(self.collate(pairs) if pairs else None, report.as_dict())
+        return StreamChunk(self.collate(examples) if examples else None, report.as_dict())
 
 
 def all_ranks(value: Any) -> list[Any]:

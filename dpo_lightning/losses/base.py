@@ -120,12 +120,14 @@ class Objective(ABC):
     implementation allows for its DPO-family losses.
     `takes_rankings`: the objective is called with `RankingLogps` (whole rankings; a pair is a ranking of two)
     rather than `PairLogps`.
+    `needs_tokens`: the objective reads per-token log-probs (`PairLogps.tokens`), which only batches of pairs give.
     """
 
     name: str = ""
     needs_reference: bool = True
     reference_free_ok: bool = False
     takes_rankings: bool = False
+    needs_tokens: bool = False
 
     @abstractmethod
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:

@@ -35,9 +35,13 @@ class Combo(Objective):
         names = [part.name for part in parts]
         if len(set(names)) != len(names):
             raise ConfigError("loss.parts", f"each objective may appear once, got {names}")
+        rankings = [part.name for part in parts if part.takes_rankings]
+        if rankings:
+            raise ConfigError("loss.parts", f"{rankings[0]} takes whole rankings; combo sums per-pair losses")
         self.parts, self.weights = list(parts), [float(weight) for weight in weights]
         self.needs_reference = any(part.needs_reference for part in self.parts)
         self.reference_free_ok = all(part.reference_free_ok or not part.needs_reference for part in self.parts)
+        self.needs_tokens = any(part.needs_tokens for part in self.parts)
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         outputs = [part(policy, reference if part.needs_reference else None) for part in self.parts]

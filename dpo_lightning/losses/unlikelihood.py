@@ -80,6 +80,7 @@ class Unlikelihood(Objective):
     alpha: float = 1.0
     name: ClassVar[str] = "unlikelihood"
     needs_reference: ClassVar[bool] = False
+    needs_tokens: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_range("alpha", self.alpha, 0.0, 1.0, high_inclusive=True)

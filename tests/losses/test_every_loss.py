@@ -21,7 +21,7 @@ from dpo_lightning.config import validate_config
 from dpo_lightning.data.collate import Batch, collate_padded
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.logprobs import sum_per_sequence, token_logprobs
-from dpo_lightning.losses import PairLogps, TokenLogps
+from dpo_lightning.losses import PairLogps, RankingLogps, TokenLogps
 from dpo_lightning.models import build_model
 from dpo_lightning.module import DPOLitModule
 
@@ -171,6 +171,12 @@ def _defines_rewards(name: str) -> bool:
     lengths = torch.ones(2, dtype=torch.long)
     policy = PairLogps(logps[:2], logps[2:], lengths, lengths, TokenLogps(logps, seqs))
     reference = PairLogps(logps[:2] - 1, logps[2:] + 1, lengths, lengths)
+    if objective.takes_rankings:  # the same two pairs as rankings of two: [chosen, rejected] each
+        ranks, groups = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
+        policy = RankingLogps.from_sequences(logps, torch.ones(4, dtype=torch.long), ranks, groups)
+        reference = RankingLogps.from_sequences(
+            logps + torch.tensor([-1, -1, 1, 1]), policy.num_tokens.flatten(), ranks, groups
+        )
     output = objective(policy, reference if objective.needs_reference else None)
     return output.chosen_rewards is not None
 
