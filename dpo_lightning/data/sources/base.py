@@ -123,10 +123,14 @@ class RowSource:
         parsed = rows.map(parse, with_indices=True, remove_columns=columns, features=features)
         return parsed if columns is not None else parsed.select_columns(list(features))
 
-    def check_columns(self, rows: datasets.Dataset | datasets.IterableDataset, origin: str) -> None:
-        """`DataError` naming `origin` if `rows` lack a required column (when the schema is known)."""
+    def check_columns(
+        self, rows: datasets.Dataset | datasets.IterableDataset, origin: str, required: tuple[str, ...] | None = None
+    ) -> None:
+        """`DataError` naming `origin` if `rows` lack a required column (when the schema is known): one of
+        `required`, by default `required_columns`."""
         columns = rows.column_names
-        missing = [c for c in self.required_columns if columns is not None and c not in columns]
+        required = self.required_columns if required is None else required
+        missing = [c for c in required if columns is not None and c not in columns]
         if missing:
             raise DataError(f"{origin}: missing column(s) {missing}; found {_data_columns(columns)}")
 

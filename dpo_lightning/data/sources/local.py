@@ -9,6 +9,16 @@ Messages are {"role": "system" | "user" | "assistant", "content": "…"}; conver
 with the model tokenizer's chat template. With an implicit prompt, the prompt is the longest common prefix
 of chosen and rejected: whole messages for conversations; for text, cut back to the last whitespace so
 that both responses start at a word (" 42" / " 41", not "2" / "1").
+
+Ranked data (`data/rankings.py`; task.responses_column set): K ≥ 2 responses per prompt, each scored (higher is
+better) or ranked (response indices, best first):
+
+    scored            {"prompt": "…", "responses": ["…", "…", "…"], "scores": [7, 9.5, 2]}
+    ranked            {"prompt": "…", "responses": ["…", "…", "…"], "ranking": [1, 0, 2]}
+                      (task.scores_column=null task.ranking_column=ranking)
+    conversational    {"prompt": [messages…], "responses": [[assistant message], …], "scores": […]}
+
+A ranking becomes scores with `scores_from_ranking` (place p of K scores K − p). Ranked rows need a prompt column.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import math
 import datasets
 
 from dpo_lightning.data.chat import Messages, as_messages
+from dpo_lightning.data.rankings import ranking_problem, scores_from_ranking, scores_problem
 from dpo_lightning.data.sources.base import POSITION, RowProblem, RowSource, as_text
 from dpo_lightning.data.sources.files import UNREADABLE, check_data_file, read_files
 from dpo_lightning.errors import ConfigError
@@ -40,7 +51,8 @@ class LocalSource(RowSource):
     """Rows from local files; see the module docstring for the formats.
 
     Validation comes from `val_path` if given, else a seeded hold-out of `val_size` rows (a fraction in (0, 1)
-    or a count) from `path` (map-style only: a stream has no random access, so it needs `val_path`).
+    or a count) from `path` (map-style only: a stream has no random access, so it needs `val_path`). Rows are
+    triples, or ranked rows when `responses_column` is set; these read `scores_column` or `ranking_column`.
     """
 
     def __init__(
@@ -52,6 +64,9 @@ class LocalSource(RowSource):
         chosen_column: str = "chosen",
         rejected_column: str = "rejected",
         seed: int = 0,
+        responses_column: str | None = None,
+        scores_column: str | None = "scores",
+        ranking_column: str | None = None,
     ) -> None:
         self.files = {"train": check_data_file("task.path", path)}
         if val_path is not None:
@@ -60,9 +75,27 @@ class LocalSource(RowSource):
             raise ConfigError("task.val_size", f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}")
         self.val_size = val_size
         self.prompt_column, self.chosen_column, self.rejected_column = prompt_column, chosen_column, rejected_column
-        self.required_columns = tuple(c for c in (prompt_column, chosen_column, rejected_column) if c is not None)
+        self.responses_column, self.scores_column, self.ranking_column = responses_column, scores_column, ranking_column
+        self.ranked = responses_column is not None
+        if self.ranked:
+            self._check_ranked_columns()
+            columns = (prompt_column, responses_column, scores_column, ranking_column)
+        else:
+            if ranking_column is not None:
+                raise ConfigError("task.ranking_column", "applies to ranked data only: set task.responses_column too")
+            columns = (prompt_column, chosen_column, rejected_column)
+        self.required_columns = tuple(c for c in columns if c is not None)
         self.seed = seed
         self._held_out: datasets.DatasetDict | None = None
+
+    def _check_ranked_columns(self) -> None:
+        if self.prompt_column is None:
+            raise ConfigError("task.prompt_column", "ranked rows need a prompt column (implicit prompts are for pairs)")
+        if (self.scores_column is None) == (self.ranking_column is None):
+            key = "task.ranking_column" if self.ranking_column is not None else "task.scores_column"
+            raise ConfigError(
+                key, "ranked rows need exactly one of task.scores_column and task.ranking_column (null the other)"
+            )
 
     def origin(self, split: str) -> str:
         if split in self.files:
@@ -93,19 +126,49 @@ class LocalSource(RowSource):
         return rows.train_test_split(test_size=count, seed=self.seed, shuffle=True)
 
     def _is_conversational(self, rows: datasets.Dataset | datasets.IterableDataset) -> bool:
-        """Whether the chosen column holds message lists (from the schema, or the first readable row of a stream)."""
-        if rows.features is not None and self.chosen_column in rows.features:
-            return isinstance(rows.features[self.chosen_column], (datasets.List, datasets.LargeList, list))
+        """Whether a response is a message list (from the schema, or the first readable row of a stream): a value
+        of the chosen column, or an item of the responses column."""
+        column = self.responses_column if self.ranked else self.chosen_column
+        if rows.features is not None and column in rows.features:
+            feature = rows.features[column]
+            if self.ranked:
+                feature = _item_feature(feature)
+            return _item_feature(feature) is not None
         first = next((row for row in rows if not row.get(UNREADABLE)), {})  # the first readable row
-        return isinstance(first.get(self.chosen_column), list)
+        value = first.get(column)
+        if self.ranked:
+            value = value[0] if isinstance(value, list) and value else None
+        return isinstance(value, list)
 
     def parse(self, row: dict) -> dict:
+        if self.ranked:
+            return self._parse_ranked(row)
         fields = [("prompt", self.prompt_column), ("chosen", self.chosen_column), ("rejected", self.rejected_column)]
         convert = as_messages if self.conversational else as_text
         triple = {field: convert(row[column], field) for field, column in fields if column is not None}
         if self.prompt_column is None:
             triple = self._split_implicit_prompt(triple["chosen"], triple["rejected"])
         return triple
+
+    def _parse_ranked(self, row: dict) -> dict:
+        convert = as_messages if self.conversational else as_text
+        prompt = convert(row[self.prompt_column], "prompt")
+        responses = row[self.responses_column]
+        if not isinstance(responses, list):
+            raise RowProblem(f"responses: expected a list of responses, got {type(responses).__name__}")
+        if len(responses) < 2:
+            raise RowProblem(f"responses: {len(responses)} response(s); a ranking needs at least 2")
+        responses = [convert(response, f"responses[{i}]") for i, response in enumerate(responses)]
+        if self.ranking_column is not None:
+            ranking = row[self.ranking_column]
+            if problem := ranking_problem(ranking, len(responses)):
+                raise RowProblem(problem)
+            scores = scores_from_ranking(ranking)
+        else:
+            scores = row[self.scores_column]
+        if problem := scores_problem(scores, len(responses)):
+            raise RowProblem(problem)
+        return {"prompt": prompt, "responses": responses, "scores": [float(score) for score in scores]}
 
     def _split_implicit_prompt(self, chosen: str | Messages, rejected: str | Messages) -> dict:
         if isinstance(chosen, list):
@@ -120,3 +183,12 @@ class LocalSource(RowSource):
         if not prompt:
             raise RowProblem("prompt: chosen and rejected share no common prefix (implicit prompt)")
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _item_feature(feature: object) -> object | None:
+    """The item type of a list column's type (`datasets.List`, `LargeList` or a Python list); None if not a list."""
+    if isinstance(feature, (datasets.List, datasets.LargeList)):
+        return feature.feature
+    if isinstance(feature, list):
+        return feature[0]
+    return None

@@ -15,6 +15,10 @@ to continue any prefix positively. Here the project writes the reviews itself, s
   own word banks never decide a preference: `chosen` is whichever continuation VADER scores higher, and
   pairs closer than `min_margin` are redrawn, so there are no near-ties.
 
+With `responses_per_prompt` = K ≥ 2 the rows are rankings instead (`data/rankings.py`): K continuations per
+prompt, in the order drawn, with their VADER rewards as `scores`; a continuation scored closer than `min_margin`
+to one already drawn for the prompt is redrawn, so every two responses are at least `min_margin` apart.
+
 Continuations start with a space, so `prompt + continuation` reads as one text. Everything is drawn from
 one `random.Random(seed)`: the same arguments give the same rows in every run and process.
 """
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
+from typing import Any
 
 import datasets
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from dpo_lightning.data.sources.base import SPLITS
+from dpo_lightning.data.sources.base import SPLITS, row_features
 from dpo_lightning.errors import ConfigError
 
 # --- Prompts: neutral review openings; every word here is outside VADER's lexicon. -------------------------
@@ -189,20 +195,51 @@ def generate_sentiment_pairs(num_pairs: int, seed: int, min_margin: float = 0.1)
     from the same RNG. Every prompt is unique (a repeated one is redrawn), so any split by position shares no
     prompt.
     """
-    if not 1 <= num_pairs <= MAX_PAIRS:
-        raise ValueError(f"num_pairs must be in [1, {MAX_PAIRS}], got {num_pairs}")
+    _check_generator_arguments("num_pairs", num_pairs, min_margin)
+
+    def pair(rng: random.Random, prompt: str) -> dict[str, str]:
+        chosen, rejected = _ranked_continuations(rng, prompt, min_margin)
+        return {"chosen": chosen, "rejected": rejected}
+
+    return _rows_for_unique_prompts(num_pairs, seed, pair)
+
+
+def generate_sentiment_rankings(
+    num_prompts: int, responses_per_prompt: int, seed: int, min_margin: float = 0.1
+) -> list[dict[str, Any]]:
+    """Deterministic list of {"prompt", "responses", "scores"} rows: `responses_per_prompt` continuations of each
+    (unique) prompt in the order drawn, and their `sentiment_reward`s, every two at least `min_margin` apart."""
+    _check_generator_arguments("num_prompts", num_prompts, min_margin)
+    if responses_per_prompt < 2:
+        raise ValueError(f"responses_per_prompt must be ≥ 2, got {responses_per_prompt}")
+
+    def ranking(rng: random.Random, prompt: str) -> dict[str, Any]:
+        return _scored_continuations(rng, prompt, responses_per_prompt, min_margin)
+
+    return _rows_for_unique_prompts(num_prompts, seed, ranking)
+
+
+def _check_generator_arguments(name: str, count: int, min_margin: float) -> None:
+    if not 1 <= count <= MAX_PAIRS:
+        raise ValueError(f"{name} must be in [1, {MAX_PAIRS}], got {count}")
     if not 0 <= min_margin < 2:
         raise ValueError(f"min_margin must be in [0, 2), got {min_margin}")
+
+
+def _rows_for_unique_prompts(
+    count: int, seed: int, responses: Callable[[random.Random, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`count` rows {"prompt", **responses(rng, prompt)}, all from one `random.Random(seed)`; a prompt drawn
+    before is redrawn, so every prompt is unique."""
     rng = random.Random(seed)
     seen_prompts: set[str] = set()
     rows = []
-    for _ in range(num_pairs):
+    for _ in range(count):
         prompt = _prompt(rng)
         while prompt in seen_prompts:
             prompt = _prompt(rng)
         seen_prompts.add(prompt)
-        chosen, rejected = _ranked_continuations(rng, prompt, min_margin)
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        rows.append({"prompt": prompt, **responses(rng, prompt)})
     return rows
 
 
@@ -218,17 +255,46 @@ def _ranked_continuations(rng: random.Random, prompt: str, min_margin: float) ->
     )
 
 
-class SentimentSource:
-    """Preference source for `task=sentiment`: a `datasets.Dataset` with string columns prompt, chosen, rejected.
+def _scored_continuations(rng: random.Random, prompt: str, count: int, min_margin: float) -> dict[str, list]:
+    """{"responses", "scores"}: `count` continuations of `prompt` and their rewards, in the order drawn; each is
+    redrawn (at most MAX_DRAWS_PER_PAIR times) until it is at least `min_margin` from, and unequal to, every
+    reward drawn before it."""
+    responses: list[str] = []
+    scores: list[float] = []
+    while len(responses) < count:
+        for _ in range(MAX_DRAWS_PER_PAIR):
+            continuation = _continuation(rng)
+            score = sentiment_reward(prompt, continuation)
+            if all(score != other and abs(score - other) >= min_margin for other in scores):
+                break
+        else:
+            raise ValueError(
+                f"min_margin={min_margin}: no continuation that far from the {len(scores)} drawn before it in "
+                f"{MAX_DRAWS_PER_PAIR} draws; use a smaller min_margin or fewer responses_per_prompt"
+            )
+        responses.append(continuation)
+        scores.append(score)
+    return {"responses": responses, "scores": scores}
 
-    One generator run makes `num_train_pairs + num_val_pairs` rows: the first `num_train_pairs` are "train",
-    the rest "validation" (so `seed` fixes both the data and the split, and the splits share no prompt).
+
+class SentimentSource:
+    """Preference source for `task=sentiment`: a `datasets.Dataset` with string columns prompt, chosen, rejected,
+    or, with `responses_per_prompt` = K ≥ 2, ranked rows (prompt, K responses, their VADER scores).
+
+    One generator run makes `num_train_pairs + num_val_pairs` rows (pairs, or rankings: then the two count
+    prompts): the first `num_train_pairs` are "train", the rest "validation" (so `seed` fixes both the data and
+    the split, and the splits share no prompt).
     """
 
     name = "sentiment"
 
     def __init__(
-        self, num_train_pairs: int = 4096, num_val_pairs: int = 256, seed: int = 1234, min_margin: float = 0.1
+        self,
+        num_train_pairs: int = 4096,
+        num_val_pairs: int = 256,
+        seed: int = 1234,
+        min_margin: float = 0.1,
+        responses_per_prompt: int | None = None,
     ) -> None:
         for key, value in (("task.num_train_pairs", num_train_pairs), ("task.num_val_pairs", num_val_pairs)):
             if value < 1:
@@ -237,11 +303,20 @@ class SentimentSource:
             raise ConfigError("task.num_train_pairs", f"train + validation pairs must be ≤ {MAX_PAIRS}")
         if not 0 <= min_margin < 2:
             raise ConfigError("task.min_margin", f"must be in [0, 2), got {min_margin}")
+        if responses_per_prompt is not None and responses_per_prompt < 2:
+            raise ConfigError("task.responses_per_prompt", f"must be ≥ 2 (null: pairs), got {responses_per_prompt}")
+        if responses_per_prompt is not None and (responses_per_prompt - 1) * min_margin >= 2:
+            raise ConfigError(
+                "task.responses_per_prompt",
+                f"{responses_per_prompt} rewards in [-1, 1] cannot all be min_margin={min_margin} apart",
+            )
         self.num_train_pairs = num_train_pairs
         self.num_val_pairs = num_val_pairs
         self.seed = seed
         self.min_margin = min_margin
-        self._rows: list[dict[str, str]] | None = None  # generated on the first `load`
+        self.responses_per_prompt = responses_per_prompt
+        self.ranked = responses_per_prompt is not None
+        self._rows: list[dict[str, Any]] | None = None  # generated on the first `load`
 
     def origin(self, split: str) -> str:
         """Where `split`'s rows come from, for naming bad rows."""
@@ -253,10 +328,15 @@ class SentimentSource:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if self._rows is None:
-            total = self.num_train_pairs + self.num_val_pairs
-            self._rows = generate_sentiment_pairs(total, self.seed, self.min_margin)
+            self._rows = self._generate(self.num_train_pairs + self.num_val_pairs)
         rows = self._rows[: self.num_train_pairs] if split == "train" else self._rows[self.num_train_pairs :]
         table = datasets.Dataset.from_list(
-            [{"row": i, **row, "problem": "", "message": ""} for i, row in enumerate(rows)]
+            [{"row": i, **row, "problem": "", "message": ""} for i, row in enumerate(rows)],
+            features=row_features(conversational=False, ranked=self.ranked),
         )
         return table.to_iterable_dataset() if streaming else table
+
+    def _generate(self, count: int) -> list[dict[str, Any]]:
+        if self.responses_per_prompt is None:
+            return generate_sentiment_pairs(count, self.seed, self.min_margin)
+        return generate_sentiment_rankings(count, self.responses_per_prompt, self.seed, self.min_margin)
