@@ -52,7 +52,7 @@ QUICK = {
 }
 
 
-def _run(command: list[str], log: Path) -> None:
+def run_command(command: list[str], log: Path) -> None:
     """Run one project command from the repository root, echoing it; its output goes to `log`."""
     print(f"$ {shlex.join(command)}", flush=True)
     started = time.perf_counter()
@@ -66,7 +66,7 @@ def _run(command: list[str], log: Path) -> None:
     print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def _completed(run_dir: Path) -> bool:
+def completed(run_dir: Path) -> bool:
     summary = run_dir / "summary.json"
     return summary.is_file() and json.loads(summary.read_text())["status"] == "completed"
 
@@ -83,12 +83,12 @@ def main() -> None:
     python, started = sys.executable, time.perf_counter()
 
     sft = out / "sft"
-    if not _completed(sft):
-        _run([python, "train.py", "loss=sft", *settings["sft"], f"hydra.run.dir={sft}"], out / "sft.log")
+    if not completed(sft):
+        run_command([python, "train.py", "loss=sft", *settings["sft"], f"hydra.run.dir={sft}"], out / "sft.log")
     pairs = out / "pairs"
     if not (pairs / "provenance.json").is_file():
         command = [python, "-m", "dpo_lightning.eval.pairs", f"policy={sft}", *settings["pairs"]]
-        _run([*command, f"hydra.run.dir={pairs}"], out / "pairs.log")
+        run_command([*command, f"hydra.run.dir={pairs}"], out / "pairs.log")
 
     second_stage = [
         "task=local",
@@ -105,8 +105,10 @@ def main() -> None:
     }
     for name, choices in sweeps.items():
         sweep = out / "sweep" / name
-        if not (sweep / "multirun.yaml").is_file() or not all(_completed(job) for job in sweep.glob("[0-9]*")):
-            _run([python, "train.py", "-m", *second_stage, *choices, f"hydra.sweep.dir={sweep}"], out / f"{name}.log")
+        if not (sweep / "multirun.yaml").is_file() or not all(completed(job) for job in sweep.glob("[0-9]*")):
+            run_command(
+                [python, "train.py", "-m", *second_stage, *choices, f"hydra.sweep.dir={sweep}"], out / f"{name}.log"
+            )
 
     points = collect_points(out / "sweep", per_validation=True)
     csv_path, png_path = write_frontier(points, out, "Controlled sentiment (offline): reward–KL frontier")

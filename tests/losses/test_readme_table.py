@@ -52,6 +52,8 @@ def reference_cell(objective: Objective) -> str:
 
 def _yaml_text(value: Any) -> str:
     """A scalar as the yaml (and the table) writes it."""
+    if value is None:
+        return "null"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
