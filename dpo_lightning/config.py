@@ -256,12 +256,6 @@ def check_rankings(cfg: DictConfig, ranked_source: bool) -> None:
         "data.rankings",
         f"loss={loss} needs per-token log-probs of pairs; set data.rankings=pairs to flatten the rankings",
     )
-    _require(
-        not (whole and cfg.reference.name == "precomputed" and objective.needs_reference),
-        "reference",
-        "reference=precomputed caches pairs, not whole rankings: use reference=model (or lora, sync), or "
-        "data.rankings=pairs to flatten the rankings",
-    )
 
 
 def check_reference_config(reference: DictConfig) -> None:

@@ -5,7 +5,7 @@
                  no parameter requires grad, forward only under `no_grad`.
     precomputed  PrecomputedReference: one no-grad pass before training (`precompute_reference`, called by
                  `run.py` before `trainer.fit`) writes every training and validation pair's reference
-                 log-probs to a cache file; training looks them up by `Batch.pair_keys` and holds no model.
+                 log-probs to a cache file; training looks them up by `Batch.sequence_keys`, holds no model.
     lora         AdapterDisabledReference: the policy becomes a PEFT LoRA model (only the adapters train) and
                  the reference is the same network with its adapters disabled — no second copy.
     none         NoReference: π_ref ≡ 1, every reference log-prob 0; nothing is built.
@@ -17,11 +17,12 @@ Every strategy answers `logprobs(batch)` with [S] summed response log-probs and 
 rebuilds the reference from the same source on resume — except where they change during training
 (`in_checkpoint`: `sync`).
 
-The precomputed cache. A pair's key is a hash of its token ids (`data.collate.pair_key`), so a cached value
-belongs to exactly those tokens; the cache file's name is a hash of everything its values depend on (the
-reference weights and config, precision, tokenizer and tokenization settings, the data) and the same parts
-are stored in the file and compared on reuse, so a change recomputes and a stale file is never read. A pair
-missing from the cache at training time is an error, never a silent fallback.
+The precomputed cache. A response's key is a hash of its own and its prompt's token ids
+(`data.collate.sequence_key`), so a cached value belongs to exactly those tokens, in a pair or a ranking alike (a
+response shared by several pairs is computed and stored once); the cache file's name is a hash of everything its
+values depend on (the reference weights and config, precision, tokenizer and tokenization settings, the data) and
+the same parts are stored in the file and compared on reuse, so a change recomputes and a stale file is never
+read. A response missing from the cache at training time is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpo_lightning.config import REFERENCE_STRATEGIES
-from dpo_lightning.data.collate import Batch, pair_key
+from dpo_lightning.data.collate import Batch, sequence_keys
 from dpo_lightning.data.sources.base import SPLITS
-from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.errors import DataError
 from dpo_lightning.layout_support import batch_for
 from dpo_lightning.logprobs import check_supported, sequence_logprobs
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = REFERENCE_STRATEGIES
-CACHE_FORMAT = 1  # bump when the cache layout or the log-prob computation changes: every old cache is stale
+CACHE_FORMAT = 2  # bump when the cache layout or the log-prob computation changes: every old cache is stale
 CACHE_SUBDIR = "reference_cache"  # default cache folder inside the run folder
 
 
@@ -172,8 +172,8 @@ class AdapterDisabledReference(Reference):
 class PrecomputedReference(Reference):
     """`reference=precomputed`: log-probs looked up in a cache file written by `precompute_reference`.
 
-    Holds no model: only a sorted [K] int64 key table, [K, 2] fp32 log-probs and [K, 2] token counts
-    (chosen, rejected) — 24 bytes a pair — as plain tensors (not buffers: DDP would broadcast them every
+    Holds no model: only a sorted [U] int64 key table, [U] fp32 log-probs and [U] int32 token counts — 16 bytes
+    a distinct response — as plain tensors (not buffers: DDP would broadcast them every
     step), copied to the batch's device on first use.
     """
 
@@ -197,27 +197,22 @@ class PrecomputedReference(Reference):
     @torch.no_grad()
     def logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         device = batch.target_seqs.device
-        num_tokens = torch.bincount(batch.target_seqs, minlength=2 * batch.num_pairs)  # [2P]
+        num_tokens = torch.bincount(batch.target_seqs, minlength=batch.num_sequences)  # [S]
         if batch.placeholder:  # a rank out of streaming data: its loss is multiplied by zero anyway
-            return torch.zeros(2 * batch.num_pairs, device=device), num_tokens
-        if batch.pair_keys is None:
-            raise RuntimeError(
-                "reference=precomputed needs batches of pairs with pair_keys (see data.collate.pair_key); "
-                "ranked batches are not cached (data.rankings=pairs flattens rankings into pairs)"
-            )
+            return torch.zeros(batch.num_sequences, device=device), num_tokens
         table = self._table(device)
-        keys = table["keys"]
-        index = torch.searchsorted(keys, batch.pair_keys).clamp(max=max(len(keys) - 1, 0))  # [P]
-        found = keys[index] == batch.pair_keys if len(keys) else torch.zeros_like(batch.pair_keys, dtype=torch.bool)
+        keys, wanted = table["keys"], batch.sequence_keys
+        index = torch.searchsorted(keys, wanted).clamp(max=max(len(keys) - 1, 0))  # [S]
+        found = keys[index] == wanted if len(keys) else torch.zeros_like(wanted, dtype=torch.bool)
         if not bool(found.all()):
-            missing = batch.pair_keys[~found]
+            missing = wanted[~found]
             raise DataError(
-                f"reference=precomputed: {len(missing)} of {batch.num_pairs} pairs of this batch are not in the "
-                f"reference cache {self.cache_file} (pair key {int(missing[0])}): it was computed for other pairs "
-                "(a stream that changed under the same task config?); delete it and rerun to recompute it"
+                f"reference=precomputed: {len(missing)} of {batch.num_sequences} responses of this batch are not in "
+                f"the reference cache {self.cache_file} (sequence key {int(missing[0])}): it was computed for other "
+                "data (a stream that changed under the same task config?); delete it and rerun to recompute it"
             )
-        logps = table["logps"][index].T.reshape(-1)  # [2P]: chosen, then rejected
-        cached_tokens = table["counts"][index].T.reshape(-1).to(num_tokens.dtype)
+        logps = table["logps"][index]  # [S]
+        cached_tokens = table["counts"][index].to(num_tokens.dtype)
         if not torch.equal(cached_tokens, num_tokens):
             raise DataError(
                 f"reference=precomputed: cached token counts in {self.cache_file} differ from this batch's; "
@@ -342,16 +337,16 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _data_fingerprint(cfg: DictConfig, datamodule: PreferenceDataModule) -> dict[str, Any]:
-    """Map-style: a hash of every pair's key, per split (the data itself). Streaming data cannot be read
-    before training just to name the cache: its task config and seed stand for it (the pair keys still make
+    """Map-style: a hash of every response's key, per split (the data itself). Streaming data cannot be read
+    before training just to name the cache: its task config and seed stand for it (the sequence keys still make
     a changed stream fail loudly, never use stale values)."""
     if not datamodule.streaming:
         hashes = {}
         for split in SPLITS:
             keys = sorted(
-                pair_key(TokenizedPair(*ids))
-                for rows in datamodule.pairs[split].with_format(None).iter(batch_size=1024)
-                for ids in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"], strict=True)
+                key
+                for row in datamodule.pairs[split].with_format(None)
+                for key in sequence_keys(datamodule.preparer.example(row))
             )
             hashes[split] = hashlib.blake2b(torch.tensor(keys).numpy().tobytes(), digest_size=16).hexdigest()
         return {"pairs": hashes}
@@ -378,29 +373,28 @@ def compute_table(
     device: torch.device,
     forward_context: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Reference log-probs of every pair of `batches` (placeholders skipped), the forward passes inside
-    `forward_context` (e.g. the trainer's autocast): {"keys": [K] sorted unique, "logps": [K, 2] fp32,
-    "counts": [K, 2] int32}, columns (chosen, rejected)."""
+    """Reference log-probs of every response of `batches` (placeholders skipped), the forward passes inside
+    `forward_context` (e.g. the trainer's autocast): {"keys": [U] sorted unique sequence keys, "logps": [U] fp32,
+    "counts": [U] int32}."""
     keys, logps, counts = [], [], []
     with forward_context or contextlib.nullcontext():
         for batch in batches:
             if batch.placeholder:
                 continue
             batch = batch_for(model, move_data_to_device(batch, device))
-            sums, tokens = sequence_logprobs(model, batch)  # [2P], [2P]
-            pairs = batch.num_pairs
-            keys.append(batch.pair_keys.cpu())
-            logps.append(torch.stack([sums[:pairs], sums[pairs:]], dim=1).float().cpu())
-            counts.append(torch.stack([tokens[:pairs], tokens[pairs:]], dim=1).int().cpu())
+            sums, tokens = sequence_logprobs(model, batch)  # [S], [S]
+            keys.append(batch.sequence_keys.cpu())
+            logps.append(sums.float().cpu())
+            counts.append(tokens.int().cpu())
     all_keys = torch.cat(keys) if keys else torch.zeros(0, dtype=torch.long)
     unique, inverse = torch.unique(all_keys, sorted=True, return_inverse=True)
     first = torch.full_like(unique, len(all_keys)).scatter_reduce(
         0, inverse, torch.arange(len(all_keys)), reduce="amin"
-    )  # one row per key (duplicate pairs have equal values)
+    )  # one row per key (a response met twice has equal values)
     return {
         "keys": unique.contiguous(),
-        "logps": (torch.cat(logps) if logps else torch.zeros(0, 2))[first].contiguous(),
-        "counts": (torch.cat(counts) if counts else torch.zeros(0, 2, dtype=torch.int32))[first].contiguous(),
+        "logps": (torch.cat(logps) if logps else torch.zeros(0))[first].contiguous(),
+        "counts": (torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int32))[first].contiguous(),
     }
 
 
@@ -471,7 +465,7 @@ def precompute_reference(
     save_file(table, temporary, metadata={"fingerprint": fingerprint})
     temporary.replace(path)
     log.info(
-        "reference=precomputed: %d pairs in %.1f s → %s (no reference model during training)",
+        "reference=precomputed: %d responses in %.1f s → %s (no reference model during training)",
         len(table["keys"]),
         time.perf_counter() - started,
         path,

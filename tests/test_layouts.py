@@ -120,7 +120,7 @@ def test_masks_positions_and_targets_follow_the_layout_rules(layout):
     expected_sources = [source for s in range(16) for source in sources[s]]
     assert list(zip(batch.target_rows.tolist(), batch.target_positions.tolist(), strict=True)) == expected_sources
     padded = collate_padded(pairs, PAD)
-    for field in ("target_ids", "target_seqs", "pair_keys"):
+    for field in ("target_ids", "target_seqs", "sequence_keys"):
         assert torch.equal(getattr(batch, field), getattr(padded, field)), field
     assert batch.num_tokens == sum(_length(p) for p in pairs)  # each token once (padded: prompts twice)
     assert padded.num_tokens == batch.num_tokens + sum(len(p.prompt_ids) for p in pairs)
@@ -168,7 +168,7 @@ def test_to_padded_rebuilds_the_padded_batch(layout):
     padded, rebuilt = collate_padded(pairs, PAD), to_padded(SHARED[layout](pairs), pad_token_id=PAD)
     for field in ("input_ids", "attention_mask", "position_ids", "target_rows", "target_positions", "target_ids"):
         assert torch.equal(getattr(rebuilt, field), getattr(padded, field)), field
-    assert rebuilt.num_tokens == padded.num_tokens and torch.equal(rebuilt.pair_keys, padded.pair_keys)
+    assert rebuilt.num_tokens == padded.num_tokens and torch.equal(rebuilt.sequence_keys, padded.sequence_keys)
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])

@@ -11,6 +11,7 @@ from functools import partial
 import pytest
 import torch
 from conftest import EOS, PAD, VOCAB, tiny_causal_lm
+from omegaconf import OmegaConf
 from test_config import _compose
 from test_module import ADAMW, DPO, MODEL
 
@@ -354,7 +355,6 @@ def test_streaming_rankings_give_the_map_style_batches(tmp_path):
     [
         (["loss=plackett_luce", "data.rankings=pairs"], "data.rankings"),
         (["loss=unlikelihood"], "data.rankings"),
-        (["reference=precomputed"], "reference"),
     ],
 )
 def test_ranked_data_config_mistakes_fail_before_any_model_loads(tmp_path, overrides, key):
@@ -371,3 +371,29 @@ def test_unknown_ranking_options_are_refused(tmp_path, key, value):
 
     with pytest.raises(ConfigError, match=f"^{key}: must be one of"):
         validate_config(_compose([f"{key}={value}"], tmp_path))
+
+
+def test_the_precomputed_reference_serves_whole_rankings(tmp_path):
+    """reference=precomputed keys each response by its tokens, so ranked batches (and their flattened pairs, whose
+    responses are the same sequences) look up the values the reference model computes."""
+    import lightning as L
+
+    from dpo_lightning.reference import precompute_reference
+
+    overrides = ["reference=precomputed", f"reference.cache_dir={tmp_path / 'cache'}", "task.responses_per_prompt=3"]
+    overrides += ["task.num_train_pairs=16", "task.num_val_pairs=4", "data.eval_batch_size=8"]
+    cfg = _compose(overrides, tmp_path)
+    datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    path = precompute_reference(cfg, datamodule, trainer)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    modules = {}
+    for name in ("model", "precomputed"):
+        modules[name] = DPOLitModule(
+            model=model, loss=PLACKETT_LUCE, optimizer=ADAMW, reference={"name": name, "cache_file": str(path)}
+        )
+        modules[name].configure_model()
+    batch = next(iter(datamodule._loader("train", 8, shuffle=True)))
+    assert batch.ranked and batch.num_sequences == 24
+    losses = {name: module.training_step(batch, 0) for name, module in modules.items()}
+    torch.testing.assert_close(losses["precomputed"], losses["model"], rtol=1e-5, atol=1e-6)

@@ -105,7 +105,7 @@ def test_cache_is_reused_only_for_the_same_fingerprint(tmp_path, monkeypatch):
     # A file under the right name whose stored fingerprint differs is never used: it is recomputed.
     save_file({"keys": torch.zeros(1, dtype=torch.long)}, first, metadata={"fingerprint": "stale"})
     assert precompute_reference(cfg, datamodule, trainer) == first
-    assert len(PrecomputedReference(first)._table(torch.device("cpu"))["keys"]) == 40
+    assert len(PrecomputedReference(first)._table(torch.device("cpu"))["keys"]) == 2 * 40  # 40 pairs' responses
 
 
 def test_a_pair_missing_from_the_cache_is_an_error(tmp_path):
@@ -115,7 +115,7 @@ def test_a_pair_missing_from_the_cache_is_an_error(tmp_path):
     for cached, computed in zip(reference.logprobs(batch), sequence_logprobs(model, batch), strict=True):
         torch.testing.assert_close(cached, computed)
     mixed = random_pairs(4)[:2] + random_pairs(2, seed=1)
-    with pytest.raises(DataError, match=r"2 of 4 pairs of this batch are not in the reference cache"):
+    with pytest.raises(DataError, match=r"4 of 8 responses of this batch are not in the reference cache"):
         reference.logprobs(collate_padded(mixed, PAD))
     logps, _ = reference.logprobs(placeholder_batch(PAD))  # a rank out of streaming data: no lookup
     assert torch.equal(logps, torch.zeros(2))

@@ -71,8 +71,8 @@ class Batch:
     loss_weight: this rank's share of the step under data parallelism, W × its pairs ÷ all W ranks' pairs
         (streaming, where ranks can hold different numbers of pairs; 1 for equal shares): the module scales its
         loss by it, so that DDP's mean of the ranks' gradients is the gradient of the mean over every pair.
-    pair_keys: [P] int64 content key of each pair (`pair_key`), whatever the layout; what
-        `reference=precomputed` looks its cached reference log-probs up by (None in a ranked batch).
+    sequence_keys: [S] int64 content key of each sequence (`sequence_key`: its prompt's and response's token ids),
+        whatever the layout; what `reference=precomputed` looks its cached reference log-probs up by.
     ranked: whether the examples are rankings (`TokenizedRanking`) rather than pairs.
     """
 
@@ -88,8 +88,8 @@ class Batch:
     pair_index: torch.Tensor
     num_pairs: int
     num_tokens: int
+    sequence_keys: torch.Tensor
     placeholder: bool = False
-    pair_keys: torch.Tensor | None = None
     loss_weight: float = 1.0
     ranked: bool = False
 
@@ -114,17 +114,19 @@ Example = TokenizedPair | TokenizedRanking  # what a batch is made of: all pairs
 Collate = Callable[[Sequence[Example]], Batch]  # a layout's collate function, its options bound
 
 
-def pair_key(pair: TokenizedPair) -> int:
-    """A 64-bit key of the pair's token ids (blake2b, 8 bytes, as a signed int64): equal ids, equal key.
-
-    The three lengths go first, so the split between prompt, chosen and rejected is part of what is hashed;
-    swapping chosen and rejected changes the key.
-    """
-    ids = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
-    data = array("q", [len(part) for part in ids])
-    for part in ids:
-        data.extend(part)
+def sequence_key(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> int:
+    """A 64-bit key of a response and its prompt (blake2b of their token ids, 8 bytes, as a signed int64): equal
+    ids, equal key. The prompt's length goes first, so where the prompt ends is part of what is hashed."""
+    data = array("q", [len(prompt_ids), *prompt_ids, *response_ids])
     return int.from_bytes(hashlib.blake2b(data.tobytes(), digest_size=8).digest(), "little", signed=True)
+
+
+def sequence_keys(example: Example) -> list[int]:
+    """The `sequence_key` of each of an example's responses (a pair: chosen, then rejected)."""
+    responses = (
+        [example.chosen_ids, example.rejected_ids] if isinstance(example, TokenizedPair) else example.response_ids
+    )
+    return [sequence_key(example.prompt_ids, response) for response in responses]
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,16 @@ class _Examples:
     ranks: torch.Tensor  # [S]
     groups: torch.Tensor  # [S]
     pair_index: torch.Tensor  # [2, Q]
-    pair_keys: torch.Tensor | None  # [P]
     ranked: bool
+
+    @property
+    def sequence_keys(self) -> torch.Tensor:
+        """[S] `sequence_key` of each sequence."""
+        keys = [0] * sum(len(block.seqs) for block in self.blocks)
+        for block in self.blocks:
+            for s, response in zip(block.seqs, block.responses, strict=True):
+                keys[s] = sequence_key(block.prompt, response)
+        return torch.tensor(keys, dtype=torch.long)
 
 
 def _examples(examples: Sequence[Example], pairs_of_rankings: str) -> _Examples:
@@ -165,7 +175,6 @@ def _examples(examples: Sequence[Example], pairs_of_rankings: str) -> _Examples:
             ranks=torch.arange(2).repeat_interleave(count),  # chosen 0, rejected 1
             groups=torch.arange(count).repeat(2),
             pair_index=torch.arange(2 * count).view(2, count),  # [[0 … P−1], [P … 2P−1]]
-            pair_keys=torch.tensor([pair_key(pair) for pair in examples], dtype=torch.long),
             ranked=False,
         )
     if not all(isinstance(example, TokenizedRanking) for example in examples):
@@ -181,7 +190,6 @@ def _examples(examples: Sequence[Example], pairs_of_rankings: str) -> _Examples:
         ranks=torch.tensor([rank for ranking in examples for rank in ranking.ranks], dtype=torch.long),
         groups=torch.tensor([g for g, ranking in enumerate(examples) for _ in ranking.response_ids], dtype=torch.long),
         pair_index=torch.tensor(pairs, dtype=torch.long).view(-1, 2).T.contiguous(),
-        pair_keys=None,
         ranked=True,
     )
 
@@ -194,7 +202,7 @@ def _batch(examples: _Examples, **layout: torch.Tensor | int) -> Batch:
         groups=examples.groups,
         pair_index=examples.pair_index,
         num_pairs=len(examples.blocks),
-        pair_keys=examples.pair_keys,
+        sequence_keys=examples.sequence_keys,
         ranked=examples.ranked,
     )
 

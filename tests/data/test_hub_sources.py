@@ -415,7 +415,7 @@ def test_task_configs_compose_and_instantiate_on_the_fixtures(task):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     options = OmegaConf.to_container(cfg.task, resolve=True)
-    assert set(options) == EXPECTED_KEYS | ({"min_score_ratio"} if task == "shp" else set())
+    assert set(options) == EXPECTED_KEYS | ({"min_score_ratio", "group_by_post"} if task == "shp" else set())
     assert set(options["splits"]) == set(options["data_files"]) == set(SPLITS)
     arguments = source_arguments(options)  # as run.py does
     built = get_object(options["_target_"])(**arguments)
