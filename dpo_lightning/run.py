@@ -102,6 +102,12 @@ def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None
             metrics["val/loss"],
             metrics["val/rewards/margins"],
         )
+    if "val/ranking/kendall_tau" in metrics:
+        log.info(
+            "val/ranking/kendall_tau %.3f (chance 0) · val/ranking/top1 %.3f",
+            metrics["val/ranking/kendall_tau"],
+            metrics["val/ranking/top1"],
+        )
     if "val/reward" in metrics:
         log.info(
             "val/reward %.3f (the reference's samples: %.3f) · val/kl %.2f nats",

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from dpo_lightning.data.tokenize import TokenizedPair
+from dpo_lightning.data.rankings import ranks_from_scores
+from dpo_lightning.data.tokenize import TokenizedPair, TokenizedRanking
 
 VOCAB = 97
 EOS = 1
@@ -50,6 +51,22 @@ def random_pairs(count: int, seed: int = 0) -> list[TokenizedPair]:
         return [rng.randrange(3, VOCAB) for _ in range(rng.randint(low, high))]
 
     return [TokenizedPair(tokens(1, 12), [*tokens(0, 9), EOS], [*tokens(0, 9), EOS]) for _ in range(count)]
+
+
+def random_rankings(count: int, seed: int = 0, max_k: int = 5) -> list[TokenizedRanking]:
+    """Rankings of 2..max_k responses of varied lengths, ending with EOS, with random scores (some tied)."""
+    rng = random.Random(seed)
+
+    def tokens(low: int, high: int) -> list[int]:
+        return [rng.randrange(3, VOCAB) for _ in range(rng.randint(low, high))]
+
+    rankings = []
+    for _ in range(count):
+        k = rng.randint(2, max_k)
+        responses = [[*tokens(0, 8), EOS] for _ in range(k)]
+        scores = [rng.choice([0, 1, 2, 3]) for _ in range(k - 1)] + [4]
+        rankings.append(TokenizedRanking(tokens(1, 10), responses, ranks_from_scores(scores)))
+    return rankings
 
 
 @pytest.fixture(params=sorted(ARCHITECTURES))

@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import PAD, random_pairs, tiny_causal_lm
+from conftest import PAD, random_pairs, random_rankings, tiny_causal_lm
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from test_config import _compose
 from test_module import ADAMW, DPO, MODEL
@@ -162,13 +162,15 @@ def test_placeholder_batches_train_in_every_layout():
         assert loss == 0
 
 
+@pytest.mark.parametrize("examples", ["pairs", "rankings"])
 @pytest.mark.parametrize("layout", sorted(SHARED))
-def test_to_padded_rebuilds_the_padded_batch(layout):
-    pairs = random_pairs(7, seed=6)
-    padded, rebuilt = collate_padded(pairs, PAD), to_padded(SHARED[layout](pairs), pad_token_id=PAD)
-    for field in ("input_ids", "attention_mask", "position_ids", "target_rows", "target_positions", "target_ids"):
+def test_to_padded_rebuilds_the_padded_batch(layout, examples):
+    examples = random_pairs(7, seed=6) if examples == "pairs" else random_rankings(7, seed=6)
+    padded, rebuilt = collate_padded(examples, PAD), to_padded(SHARED[layout](examples), pad_token_id=PAD)
+    fields = ("input_ids", "attention_mask", "position_ids", "target_rows", "target_positions", "target_ids")
+    for field in (*fields, "sequence_keys", "ranks", "groups", "pair_index"):
         assert torch.equal(getattr(rebuilt, field), getattr(padded, field)), field
-    assert rebuilt.num_tokens == padded.num_tokens and torch.equal(rebuilt.sequence_keys, padded.sequence_keys)
+    assert rebuilt.num_tokens == padded.num_tokens and rebuilt.ranked == padded.ranked
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])

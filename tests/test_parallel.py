@@ -243,9 +243,9 @@ def test_ddp_and_fsdp_gradients_equal_one_process_and_never_reach_the_reference(
 # --- end to end: `python train.py` with 1 and 2 processes ---------------------------------------------------
 
 
-def _duplicated_half_batches(folder: Path, steps: int = 4, unique: int = 4) -> list[str]:
+def _duplicated_half_batches(folder: Path, steps: int = 4, unique: int = 4, ranked: bool = False) -> list[str]:
     """Local training/validation files whose global batches of 8 hold 4 pairs twice (see the module docstring),
-    and the overrides that stream them unshuffled."""
+    and the overrides that stream them unshuffled. `ranked`: rankings of three responses instead of pairs."""
     rows = []
     for step in range(steps):
         block = [
@@ -256,6 +256,15 @@ def _duplicated_half_batches(folder: Path, steps: int = 4, unique: int = 4) -> l
             }
             for i in range(unique)
         ]
+        if ranked:
+            block = [
+                {
+                    "prompt": row["prompt"],
+                    "responses": [row["rejected"], row["chosen"], " was fine"],
+                    "scores": [0, 2, 1],
+                }
+                for row in block
+            ]
         rows += block + block
     (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (folder / "val.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[::2]))
@@ -271,6 +280,7 @@ def _duplicated_half_batches(folder: Path, steps: int = 4, unique: int = 4) -> l
         "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu",
+        *(["task.responses_column=responses"] if ranked else []),
     ]
 
 
@@ -318,6 +328,23 @@ def test_ddp_and_fsdp_reproduce_the_one_process_run(tmp_path):
     assert (tmp_path / "fsdp" / "checkpoints" / "last.ckpt").is_dir()  # a sharded checkpoint folder
     _assert_same_weights(tmp_path / "ddp", tmp_path / "fsdp", rtol=0, atol=0)
     assert steps["single"][2]["train/loss"] != steps["single"][0]["train/loss"]  # it trained
+
+
+@pytest.mark.slow
+def test_ddp_trains_whole_rankings_as_one_process_does(tmp_path):
+    """loss=plackett_luce on streamed rankings: 2-process DDP, each rank holding half of every global batch, takes
+    the one-process run's steps (metrics and final weights)."""
+    data = [*_duplicated_half_batches(tmp_path, ranked=True), "loss=plackett_luce"]
+    runs = {"single": [], "ddp": ["trainer=ddp", "trainer.devices=2"]}
+    summaries = {
+        name: _completed(train(*data, *o, run_dir=tmp_path / name), tmp_path / name, 3) for name, o in runs.items()
+    }
+    for key in ("val/loss", "val/ranking/kendall_tau", "val/ranking/top1", "val/rewards/accuracies"):
+        torch.testing.assert_close(
+            summaries["ddp"]["metrics"][key], summaries["single"]["metrics"][key], **METRIC_TOLERANCE
+        )
+    _assert_same_weights(tmp_path / "ddp", tmp_path / "single", **WEIGHT_TOLERANCE)
+    assert summaries["single"]["metrics"]["train/rankings_per_s"] > 0
 
 
 @pytest.mark.slow

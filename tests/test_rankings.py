@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from functools import partial
 
 import pytest
 import torch
-from conftest import EOS, PAD, VOCAB, tiny_causal_lm
+from conftest import EOS, PAD, VOCAB, random_rankings, tiny_causal_lm
 from omegaconf import OmegaConf
 from test_config import _compose
 from test_module import ADAMW, DPO, MODEL
@@ -22,7 +21,6 @@ from dpo_lightning.data.collate import (
     collate_padded,
     collate_prefix_shared,
     placeholder_batch,
-    to_padded,
 )
 from dpo_lightning.data.rankings import ranking_pairs, ranking_problem, ranks_from_scores, scores_problem
 from dpo_lightning.data.tokenize import TokenizedPair, TokenizedRanking
@@ -38,22 +36,6 @@ SHARED = {
     "packed": partial(collate_packed, pad_token_id=PAD, max_tokens=48),
     "packed_to_longest": partial(collate_packed, pad_token_id=PAD),
 }
-
-
-def random_rankings(count: int, seed: int = 0, max_k: int = 5) -> list[TokenizedRanking]:
-    """Rankings of 2..max_k distinct responses of varied lengths, with random scores (some tied)."""
-    rng = random.Random(seed)
-
-    def tokens(low: int, high: int) -> list[int]:
-        return [rng.randrange(3, VOCAB) for _ in range(rng.randint(low, high))]
-
-    rankings = []
-    for _ in range(count):
-        k = rng.randint(2, max_k)
-        responses = [[*tokens(0, 8), EOS] for _ in range(k)]
-        scores = [rng.choice([0, 1, 2, 3]) for _ in range(k - 1)] + [4]
-        rankings.append(TokenizedRanking(tokens(1, 10), responses, ranks_from_scores(scores)))
-    return rankings
 
 
 def flattened(rankings: list[TokenizedRanking], mode: str = "all") -> list[TokenizedPair]:
@@ -157,17 +139,6 @@ def test_a_branch_never_sees_another_branch(layout):
     others[firsts] = False
     torch.testing.assert_close(after[others], before[others], rtol=0, atol=0)
     assert (after[firsts] != before[firsts]).all()
-
-
-@pytest.mark.parametrize("layout", sorted(SHARED))
-def test_to_padded_rebuilds_the_padded_ranked_batch(layout):
-    rankings = random_rankings(7, seed=6)
-    padded, rebuilt = collate_padded(rankings, PAD), to_padded(SHARED[layout](rankings), pad_token_id=PAD)
-    for field in ("input_ids", "attention_mask", "position_ids", "target_rows", "target_positions", "target_ids"):
-        assert torch.equal(getattr(rebuilt, field), getattr(padded, field)), field
-    for field in ("ranks", "groups", "pair_index"):
-        assert torch.equal(getattr(rebuilt, field), getattr(padded, field)), field
-    assert rebuilt.ranked and rebuilt.num_pairs == len(rankings)
 
 
 def test_a_ranked_batch_numbers_sequences_ranking_by_ranking_and_lists_the_configured_pairs():

@@ -31,7 +31,14 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from dpo_lightning.data.collate import Batch, Collate, Example, collate_function, placeholder_batch
-from dpo_lightning.data.prepare import REPORT_COLUMNS, PairPreparer, RankingPreparer, RowReport, flatten_rankings
+from dpo_lightning.data.prepare import (
+    REPORT_COLUMNS,
+    PairPreparer,
+    Preparer,
+    RankingPreparer,
+    RowReport,
+    flatten_rankings,
+)
 from dpo_lightning.data.rankings import RANKING_PAIRS, RANKINGS
 from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler, ShuffledSampler
 from dpo_lightning.data.sources.base import SPLITS, PreferenceSource, is_ranked, row_features
@@ -100,7 +107,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.collate: Collate = collate_function(layout, tokenizer.pad_token_id, packing_max_tokens, ranking_pairs)
         self.group_by_length = group_by_length
         self.rankings, self.ranking_pairs = rankings, ranking_pairs
-        self.preparer: PairPreparer | RankingPreparer | None = None
+        self.preparer: Preparer | None = None
         self.pairs: dict[str, datasets.Dataset] = {}  # map-style: prepared usable pairs per split
         self.reports: dict[str, RowReport] = {}  # map-style: per split
         self.streams: dict[str, EqualStepsLoader] = {}  # streaming: per split

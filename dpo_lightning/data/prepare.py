@@ -41,15 +41,22 @@ def pair_key(*texts: Any) -> str:
     return hashlib.blake2b(repr(texts).encode(), digest_size=16).hexdigest()
 
 
-class PairPreparer:
-    """Batched `datasets.map` function: source rows → `row, problem, message, prompt_ids, chosen_ids,
-    rejected_ids`, `prompt_truncated` / `responses_truncated` flags, and `pair_key` ("" for a bad row)."""
+class Preparer:
+    """What the data module needs of a preparer: a batched `datasets.map` function over source rows (`__call__`)
+    giving REPORT_COLUMNS and `id_columns`, and the example (`example`) and evaluation pair of a prepared row."""
 
-    id_columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")  # what `example` reads
+    id_columns: tuple[str, ...] = ()
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pair_tokenizer: PairTokenizer) -> None:
         self.tokenizer = tokenizer
         self.pair_tokenizer = pair_tokenizer
+
+
+class PairPreparer(Preparer):
+    """Batched `datasets.map` function: source rows → `row, problem, message, prompt_ids, chosen_ids,
+    rejected_ids`, `prompt_truncated` / `responses_truncated` flags, and `pair_key` ("" for a bad row)."""
+
+    id_columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")  # what `example` reads
 
     @staticmethod
     def example(row: dict[str, Any]) -> TokenizedPair:
@@ -95,15 +102,11 @@ class PairPreparer:
         return out
 
 
-class RankingPreparer:
+class RankingPreparer(Preparer):
     """Batched `datasets.map` function for `data.rankings=whole`: ranked source rows → `row, problem, message,
     prompt_ids, response_ids` [K], `ranks` [K] (`data/rankings.py`), the truncation flags and `pair_key`."""
 
     id_columns: tuple[str, ...] = ("prompt_ids", "response_ids", "ranks")  # what `example` reads
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, pair_tokenizer: PairTokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.pair_tokenizer = pair_tokenizer
 
     @staticmethod
     def example(row: dict[str, Any]) -> TokenizedRanking:

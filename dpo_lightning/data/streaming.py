@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dpo_lightning.data.collate import Batch, Collate
-from dpo_lightning.data.prepare import PairPreparer, RankingPreparer, RowReport
+from dpo_lightning.data.prepare import Preparer, RowReport
 from dpo_lightning.errors import DataError
 
 
@@ -53,7 +53,7 @@ class StreamingPairs(IterableDataset):
     def __init__(
         self,
         rows: datasets.IterableDataset,
-        prepare: PairPreparer | RankingPreparer,
+        prepare: Preparer,
         collate: Collate,
         *,
         chunk_size: int,

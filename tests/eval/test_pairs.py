@@ -211,6 +211,21 @@ def test_task_local_reads_the_pairs(generated):
         assert all(r["problem"] == "" for r in loaded), split
 
 
+def test_task_local_reads_the_samples_as_rankings(generated):
+    """The same files as ranked data: every prompt's K scored samples (`task.responses_column=responses`)."""
+    files = {split: generated / f"{split}.parquet" for split in SPLITS}
+    cfg = compose_config(
+        "config", "task=local", f"task.path={files['train']}", f"task.val_path={files['validation']}",
+        "task.responses_column=responses",
+    )  # fmt: skip
+    source = build_source(OmegaConf.to_container(cfg.task, resolve=True))
+    for split in SPLITS:
+        loaded = source.load(split).to_list()
+        expected = [(row["prompt"], row["responses"], row["scores"]) for row in read_rows(files[split])]
+        assert [(row["prompt"], row["responses"], row["scores"]) for row in loaded] == expected, split
+        assert all(r["problem"] == "" and len(r["responses"]) >= 2 for r in loaded), split
+
+
 def test_the_same_seed_gives_the_same_pairs(generated, policy, tmp_path):
     again = pairs(f"policy={policy[0]}", *TINY, run_dir=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
