@@ -55,7 +55,7 @@ def ranking_logps(logps: torch.Tensor, num_tokens: torch.Tensor, batch: Batch) -
 
 
 class DPOLitModule(L.LightningModule):
-    """Trains `policy` on preference pairs with a configurable objective.
+    """Trains `policy` on preference pairs (or rankings) with a configurable objective.
 
     Args (plain config values, saved as hyperparameters):
         model: the `model/` config (see `dpo_lightning.models.build_model`); `lean_logprobs` (default true)
