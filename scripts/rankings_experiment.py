@@ -1,6 +1,6 @@
 """Plackett–Luce DPO on whole rankings against pairwise DPO on all pairs of the same rankings, at equal wall-clock.
 
-    python scripts/rankings_experiment.py [--out outputs/rankings-experiment] [--budget-s 90] [--betas 0.1 0.5]
+    python scripts/rankings_experiment.py [--out DIR] [--budget-s 90] [--betas 0.1 0.5] [--seed 0] [--quick]
 
     1. SFT      python train.py loss=sft                     the tiny model learns to write reviews (as in
                                                              scripts/sentiment_frontier.py)
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "rankings-experiment", help="output folder")
     parser.add_argument("--budget-s", type=int, default=90, help="training wall-clock seconds of every run")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5], help="β values of every method")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the methods' runs (data order, sampling)")
     parser.add_argument("--quick", action="store_true", help="the reduced version (tests)")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
@@ -108,7 +109,7 @@ def main() -> None:
         start = [f"model.init_from={sft}"]
 
     duration = time.strftime("00:%H:%M:%S", time.gmtime(budget_s))
-    runs = [*COMMON, *start, *settings["runs"], f"trainer.max_time={duration}"]
+    runs = [*COMMON, *start, *settings["runs"], f"trainer.max_time={duration}", f"seed={args.seed}"]
     betas = f"beta={','.join(str(beta) for beta in args.betas)}"
     rows, points = [], []
     for method, overrides in METHODS.items():
@@ -120,7 +121,7 @@ def main() -> None:
             rows.append(_row(method, json.loads((job / "summary.json").read_text())))
         points += [dataclasses.replace(point, series=method) for point in collect_points(sweep, per_validation=False)]
 
-    write_frontier(points, out, f"Rankings (K = 4, {budget_s} s each): reward–KL")
+    write_frontier(points, out, f"Rankings (K = 4, {budget_s} s each, seed {args.seed}): reward–KL")
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for row in rows:

@@ -368,3 +368,12 @@ def test_the_precomputed_reference_serves_whole_rankings(tmp_path):
     assert batch.ranked and batch.num_sequences == 24
     losses = {name: module.training_step(batch, 0) for name, module in modules.items()}
     torch.testing.assert_close(losses["precomputed"], losses["model"], rtol=1e-5, atol=1e-6)
+
+
+def test_plackett_luce_cannot_be_a_part_of_combo():
+    from dpo_lightning.losses.combo import Combo
+    from dpo_lightning.losses.dpo import DPO as DPOObjective
+    from dpo_lightning.losses.plackett_luce import PlackettLuce
+
+    with pytest.raises(ConfigError, match=r"^loss\.parts: plackett_luce takes whole rankings"):
+        Combo([DPOObjective(beta=0.1), PlackettLuce(beta=0.1)], [1.0, 1.0])
