@@ -54,6 +54,14 @@ def ranking_logps(logps: torch.Tensor, num_tokens: torch.Tensor, batch: Batch) -
     return RankingLogps.from_sequences(logps, num_tokens, batch.ranks, batch.groups)
 
 
+def _averaged_over(metric: str) -> str:
+    """What a batch metric is a mean over: the pairs (`logps/*`, `rewards/*`), the rankings (`ranking/*`), or the
+    examples the loss averages (the loss and the objective's own terms: pairs, or a ranking objective's rankings)."""
+    if metric.startswith(("logps/", "rewards/")):
+        return "pairs"
+    return "rankings" if metric.startswith("ranking/") else "examples"
+
+
 class DPOLitModule(L.LightningModule):
     """Trains `policy` on preference pairs (or rankings) with a configurable objective.
 
@@ -136,36 +144,37 @@ class DPOLitModule(L.LightningModule):
         metrics = preference_metrics(output, policy)
         if batch.ranked:
             metrics |= ranking_metrics(policy_rankings, reference_rankings)
-        if stage == "val":
-            self._add_validation_metrics(metrics, 0 if batch.placeholder else batch.num_pairs)
+        if stage == "val":  # each metric weighed by what it is a mean over (nothing, for a placeholder)
+            counts = {"pairs": policy.chosen.numel(), "rankings": batch.num_pairs, "examples": output.losses.numel()}
+            weights = {name: 0 if batch.placeholder else counts[_averaged_over(name)] for name in metrics}
+            self._add_validation_metrics(metrics, weights)
         if batch.placeholder:  # a rank out of streaming data: same forward and backward, no effect, no metrics
             return 0.0 * output.losses.sum()
         if stage == "train":
             self.log_dict({f"train/{name}": value for name, value in metrics.items()}, batch_size=batch.num_pairs)
         return output.losses.mean() * batch.loss_weight  # its rank's share of the step (streaming DDP)
 
-    def _add_validation_metrics(self, metrics: dict[str, torch.Tensor], pairs: int) -> None:
-        """Accumulate Σ metric × pairs per metric, and the pairs, for `on_validation_epoch_end`."""
+    def _add_validation_metrics(self, metrics: dict[str, torch.Tensor], weights: dict[str, int]) -> None:
+        """Accumulate Σ metric × weight and Σ weight per metric for `on_validation_epoch_end`."""
         for name, value in metrics.items():
-            total = self._validation_sums.setdefault(name, torch.zeros((), device=self.device))
-            if pairs:  # a placeholder batch adds nothing, but its rank still reports every metric's total
-                self._validation_sums[name] = total + value.detach().float() * pairs
-        self._validation_pairs += pairs
+            total = self._validation_sums.setdefault(name, torch.zeros(2, device=self.device))
+            if weights[name]:  # a placeholder batch adds nothing, but its rank still reports every metric's total
+                self._validation_sums[name] = (
+                    total + torch.stack([value.detach().float(), value.new_ones(())]) * weights[name]
+                )
 
     def on_validation_epoch_start(self) -> None:
-        self._validation_sums: dict[str, torch.Tensor] = {}
-        self._validation_pairs = 0
+        self._validation_sums: dict[str, torch.Tensor] = {}  # name → [Σ metric × weight, Σ weight]
 
     def on_validation_epoch_end(self) -> None:
-        """Log val/<metric>: its mean over every validation pair of every rank. Sums and pair counts are added
-        over ranks, so each rank weighs what its pairs weigh — one with fewer pairs, or only placeholder batches
-        (streaming), included (a mean of per-rank means would not be)."""
+        """Log val/<metric>: its mean over every validation pair (ranking, example: what the metric is a mean over)
+        of every rank. Sums and counts are added over ranks, so each rank weighs what its data weighs — one with
+        fewer pairs, or only placeholder batches (streaming), included (a mean of per-rank means would not be)."""
         names = sorted(self._validation_sums)
-        pairs = torch.tensor(float(self._validation_pairs), device=self.device)
-        totals = self.trainer.strategy.reduce(
-            torch.stack([*(self._validation_sums[n] for n in names), pairs]), reduce_op="sum"
-        )
-        self.log_dict({f"val/{name}": totals[i] / totals[-1] for i, name in enumerate(names)})
+        if not names:
+            return
+        totals = self.trainer.strategy.reduce(torch.stack([self._validation_sums[n] for n in names]), reduce_op="sum")
+        self.log_dict({f"val/{name}": totals[i, 0] / totals[i, 1] for i, name in enumerate(names)})
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

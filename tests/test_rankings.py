@@ -377,3 +377,38 @@ def test_plackett_luce_cannot_be_a_part_of_combo():
 
     with pytest.raises(ConfigError, match=r"^loss\.parts: plackett_luce takes whole rankings"):
         Combo([DPOObjective(beta=0.1), PlackettLuce(beta=0.1)], [1.0, 1.0])
+
+
+def test_validation_metrics_are_means_over_all_pairs_and_rankings_whatever_the_batches():
+    """Batches of rankings of 2 (1 pair each) and of 4 (6 pairs each): val/rewards/accuracies is the accuracy over
+    every validation pair, val/ranking/top1 the share over every ranking, val/loss the mean over every ranking."""
+    from types import SimpleNamespace
+
+    module = _module(PLACKETT_LUCE)
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda totals, reduce_op: totals))
+    logged = {}
+    module.log_dict = lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()})
+    rankings = [random_rankings(6, seed=11, max_k=2), [r for r in random_rankings(40, seed=12) if len(r.ranks) == 5]]
+    module.on_validation_epoch_start()
+    for batch in rankings:
+        module.validation_step(collate_packed(batch, PAD), 0)
+    module.on_validation_epoch_end()
+
+    correct, pairs, top1, losses = 0, 0, [], []
+    with torch.no_grad():
+        for batch in rankings:
+            policy = _padded_rankings(module.policy, batch)
+            reference = _padded_rankings(module.reference.model, batch)
+            for g, ranking in enumerate(batch):
+                rewards = (policy[g] - reference[g])[: len(ranking.ranks)]
+                for better, worse in ranking_pairs(ranking.ranks, "all"):
+                    correct, pairs = correct + int(rewards[better] > rewards[worse]), pairs + 1
+                best = [i for i, r in enumerate(ranking.ranks) if r == 0]
+                top1.append(float(int(rewards.argmax()) in best))
+            ranks = torch.full(policy.shape, -1, dtype=torch.long)
+            for g, ranking in enumerate(batch):
+                ranks[g, : len(ranking.ranks)] = torch.tensor(ranking.ranks)
+            losses += plackett_luce_loss(policy, reference, ranks, beta=0.1)[0].tolist()
+    assert logged["val/rewards/accuracies"] == pytest.approx(correct / pairs, abs=1e-6)
+    assert logged["val/ranking/top1"] == pytest.approx(sum(top1) / len(top1), abs=1e-6)
+    assert logged["val/loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
