@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from dpo_lightning.data.chat import render
 from dpo_lightning.data.rankings import ranking_pairs, ranks_from_scores
 from dpo_lightning.data.sources.base import FILTERED, RowProblem
-from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizedRanking
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizedRanking, Truncation
 from dpo_lightning.data.validate import ranked_problem, triple_problem
 from dpo_lightning.errors import DataError
 
@@ -42,21 +42,62 @@ def pair_key(*texts: Any) -> str:
 
 
 class Preparer:
-    """What the data module needs of a preparer: a batched `datasets.map` function over source rows (`__call__`)
-    giving REPORT_COLUMNS and `id_columns`, and the example (`example`) and evaluation pair of a prepared row."""
+    """A batched `datasets.map` function over source rows (`__call__`) giving REPORT_COLUMNS and `id_columns`,
+    plus the example (`example`) and evaluation pair of a prepared row. A subclass names the `source_columns` its
+    checks read and implements the steps of one batch: `_problem` (the row check), `_texts` (render
+    conversations), `_encode` (tokenize the rendered rows) and `_token_problem` (a check of the token ids)."""
 
-    id_columns: tuple[str, ...] = ()
+    id_columns: tuple[str, ...] = ()  # the prepared columns `example` reads (attributes of the example)
+    source_columns: tuple[str, ...] = ()  # the source columns `_problem` and `_texts` take, in order
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pair_tokenizer: PairTokenizer) -> None:
         self.tokenizer = tokenizer
         self.pair_tokenizer = pair_tokenizer
 
+    def __call__(self, rows: dict[str, list]) -> dict[str, list]:
+        problems = list(rows["problem"])
+        texts: dict[int, tuple] = {}  # position in this batch → rendered texts
+        for i, values in enumerate(zip(*(rows[column] for column in self.source_columns), strict=True)):
+            problems[i] = problems[i] or self._problem(*values)
+            if problems[i]:
+                continue
+            try:
+                texts[i] = self._texts(*values)
+            except RowProblem as problem:
+                problems[i] = str(problem)
+        encoded = dict(zip(texts, self._encode(list(texts.values())), strict=True))  # position → (example, cut)
+        for i, (example, cut) in list(encoded.items()):
+            if problem := self._token_problem(example, cut):
+                problems[i] = problem
+                del encoded[i]
+        positions = range(len(problems))
+        out: dict[str, list] = {"row": list(rows["row"]), "problem": problems, "message": list(rows["message"])}
+        for column in self.id_columns:
+            out[column] = [getattr(encoded[i][0], column) if i in encoded else [] for i in positions]
+        out["prompt_truncated"] = [i in encoded and encoded[i][1].prompt for i in positions]
+        out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in positions]
+        out["pair_key"] = [pair_key(*texts[i]) if i in encoded else "" for i in positions]
+        return out
+
+    def _problem(self, *values: Any) -> str:
+        raise NotImplementedError
+
+    def _texts(self, *values: Any) -> tuple:
+        raise NotImplementedError
+
+    def _encode(self, texts: list[tuple]) -> list[tuple[Any, Truncation]]:
+        raise NotImplementedError
+
+    def _token_problem(self, example: Any, cut: Truncation) -> str:
+        raise NotImplementedError
+
 
 class PairPreparer(Preparer):
-    """Batched `datasets.map` function: source rows → `row, problem, message, prompt_ids, chosen_ids,
-    rejected_ids`, `prompt_truncated` / `responses_truncated` flags, and `pair_key` ("" for a bad row)."""
+    """Source rows → `row, problem, message, prompt_ids, chosen_ids, rejected_ids`, `prompt_truncated` /
+    `responses_truncated` flags, and `pair_key` ("" for a bad row)."""
 
-    id_columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")  # what `example` reads
+    id_columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
+    source_columns: tuple[str, ...] = ("prompt", "chosen", "rejected")
 
     @staticmethod
     def example(row: dict[str, Any]) -> TokenizedPair:
@@ -68,6 +109,9 @@ class PairPreparer(Preparer):
         """The pair whose prompt (and chosen response, for the table) sampling evaluation uses."""
         return PairPreparer.example(row)
 
+    def _problem(self, prompt: Any, chosen: Any, rejected: Any) -> str:
+        return triple_problem(prompt, chosen, rejected)
+
     def _texts(self, prompt: Any, chosen: Any, rejected: Any) -> tuple[str, str, str]:
         if isinstance(prompt, str):
             return prompt, chosen, rejected
@@ -75,38 +119,23 @@ class PairPreparer(Preparer):
         _, rejected_text = render(self.tokenizer, prompt, rejected)
         return prompt_text, chosen_text, rejected_text
 
-    def __call__(self, rows: dict[str, list]) -> dict[str, list]:
-        problems = list(rows["problem"])
-        texts: dict[int, tuple[str, str, str]] = {}  # position in this batch → rendered texts
-        for i, triple in enumerate(zip(rows["prompt"], rows["chosen"], rows["rejected"], strict=True)):
-            problems[i] = problems[i] or triple_problem(*triple)
-            if problems[i]:
-                continue
-            try:
-                texts[i] = self._texts(*triple)
-            except RowProblem as problem:
-                problems[i] = str(problem)
-        prompts, chosen, rejected = ([parts[k] for parts in texts.values()] for k in range(3))
-        encoded = dict(zip(texts, self.pair_tokenizer(prompts, chosen, rejected), strict=True))  # position → pair
-        for i, (pair, cut) in list(encoded.items()):
-            if pair.chosen_ids == pair.rejected_ids:  # different texts (triple_problem), the same tokens
-                problems[i] = IDENTICAL_AFTER_TRUNCATION if cut.responses else IDENTICAL_TOKENS
-                del encoded[i]
-        positions = range(len(problems))
-        out: dict[str, list] = {"row": list(rows["row"]), "problem": problems, "message": list(rows["message"])}
-        for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
-            out[column] = [getattr(encoded[i][0], column) if i in encoded else [] for i in positions]
-        out["prompt_truncated"] = [i in encoded and encoded[i][1].prompt for i in positions]
-        out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in positions]
-        out["pair_key"] = [pair_key(*texts[i]) if i in encoded else "" for i in positions]
-        return out
+    def _encode(self, texts: list[tuple]) -> list[tuple[TokenizedPair, Truncation]]:
+        prompts, chosen, rejected = ([parts[k] for parts in texts] for k in range(3))
+        return self.pair_tokenizer(prompts, chosen, rejected)
+
+    def _token_problem(self, pair: TokenizedPair, cut: Truncation) -> str:
+        if pair.chosen_ids != pair.rejected_ids:
+            return ""
+        # different texts (triple_problem), the same tokens
+        return IDENTICAL_AFTER_TRUNCATION if cut.responses else IDENTICAL_TOKENS
 
 
 class RankingPreparer(Preparer):
-    """Batched `datasets.map` function for `data.rankings=whole`: ranked source rows → `row, problem, message,
-    prompt_ids, response_ids` [K], `ranks` [K] (`data/rankings.py`), the truncation flags and `pair_key`."""
+    """For `data.rankings=whole`: ranked source rows → `row, problem, message, prompt_ids, response_ids` [K],
+    `ranks` [K] (`data/rankings.py`), the truncation flags and `pair_key` (of the texts and the scores)."""
 
-    id_columns: tuple[str, ...] = ("prompt_ids", "response_ids", "ranks")  # what `example` reads
+    id_columns: tuple[str, ...] = ("prompt_ids", "response_ids", "ranks")
+    source_columns: tuple[str, ...] = ("prompt", "responses", "scores")
 
     @staticmethod
     def example(row: dict[str, Any]) -> TokenizedRanking:
@@ -120,57 +149,26 @@ class RankingPreparer(Preparer):
         best, worst = ranks.index(min(ranks)), ranks.index(max(ranks))
         return TokenizedPair(row["prompt_ids"], row["response_ids"][best], row["response_ids"][worst])
 
-    def _texts(self, prompt: Any, responses: list[Any]) -> tuple[str, list[str]]:
+    def _problem(self, prompt: Any, responses: Any, scores: Any) -> str:
+        return ranked_problem(prompt, responses, scores)
+
+    def _texts(self, prompt: Any, responses: list[Any], scores: list[float]) -> tuple[str, list[str], list[float]]:
         if isinstance(prompt, str):
-            return prompt, responses
+            return prompt, responses, scores
         rendered = [render(self.tokenizer, prompt, response) for response in responses]
-        return rendered[0][0], [text for _, text in rendered]
+        return rendered[0][0], [text for _, text in rendered], scores
 
-    def __call__(self, rows: dict[str, list]) -> dict[str, list]:
-        problems = list(rows["problem"])
-        texts: dict[int, tuple[str, list[str]]] = {}  # position in this batch → rendered texts
-        for i, ranking in enumerate(zip(rows["prompt"], rows["responses"], rows["scores"], strict=True)):
-            problems[i] = problems[i] or ranked_problem(*ranking)
-            if problems[i]:
-                continue
-            try:
-                texts[i] = self._texts(*ranking[:2])
-            except RowProblem as problem:
-                problems[i] = str(problem)
-        ranks = {i: ranks_from_scores(rows["scores"][i]) for i in texts}
-        encoded = dict(
-            zip(
-                texts,
-                self.pair_tokenizer.rankings(
-                    [prompt for prompt, _ in texts.values()],
-                    [responses for _, responses in texts.values()],
-                    list(ranks.values()),
-                ),
-                strict=True,
-            )
-        )  # position → ranking
-        for i, (ranking, cut) in list(encoded.items()):
-            if problem := _identical_responses(ranking.response_ids, cut.responses):
-                problems[i] = problem
-                del encoded[i]
-        positions = range(len(problems))
-        out: dict[str, list] = {"row": list(rows["row"]), "problem": problems, "message": list(rows["message"])}
-        out["prompt_ids"] = [encoded[i][0].prompt_ids if i in encoded else [] for i in positions]
-        out["response_ids"] = [encoded[i][0].response_ids if i in encoded else [] for i in positions]
-        out["ranks"] = [encoded[i][0].ranks if i in encoded else [] for i in positions]
-        out["prompt_truncated"] = [i in encoded and encoded[i][1].prompt for i in positions]
-        out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in positions]
-        out["pair_key"] = [pair_key(*texts[i], rows["scores"][i]) if i in encoded else "" for i in positions]
-        return out
+    def _encode(self, texts: list[tuple]) -> list[tuple[TokenizedRanking, Truncation]]:
+        prompts, responses, scores = ([parts[k] for parts in texts] for k in range(3))
+        return self.pair_tokenizer.rankings(prompts, responses, [ranks_from_scores(s) for s in scores])
 
-
-def _identical_responses(response_ids: list[list[int]], truncated: bool) -> str:
-    """'' unless two different response texts became the same token ids (cut alike, or encoded alike)."""
-    for i, ids in enumerate(response_ids):
-        if ids in response_ids[:i]:
-            how = "after truncation" if truncated else "as tokens"
-            return f"responses[{i}]: identical to responses[{response_ids.index(ids)}] {how}"
-    return ""
+    def _token_problem(self, ranking: TokenizedRanking, cut: Truncation) -> str:
+        """'' unless two different response texts became the same token ids (cut alike, or encoded alike)."""
+        for i, ids in enumerate(ranking.response_ids):
+            if ids in ranking.response_ids[:i]:
+                how = "after truncation" if cut.responses else "as tokens"
+                return f"responses[{i}]: identical to responses[{ranking.response_ids.index(ids)}] {how}"
+        return ""
 
 
 def flatten_rankings(rows: dict[str, list], mode: str) -> dict[str, list]:
