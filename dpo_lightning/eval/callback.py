@@ -28,16 +28,17 @@ from dpo_lightning.data.streaming import all_ranks
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.eval.kl import kl_estimate, mean_and_standard_error
 from dpo_lightning.eval.rewards import Reward
-from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions
+from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
 from dpo_lightning.logprobs import sequence_logprobs
 
 log = logging.getLogger(__name__)
 
 # The table's columns: texts; ground-truth rewards (empty without a task reward); the policy sample's length
-# in tokens and its summed log-probs under π and π_ref (their difference is the sample's KL term).
+# in tokens, whether it was cut at max_new_tokens before its EOS (1) or not (0), and its summed log-probs under π
+# and π_ref (their difference is the sample's KL term).
 COLUMNS = (
     "prompt", "policy", "reference", "chosen", "policy_reward", "reference_reward",
-    "policy_tokens", "policy_logp", "reference_logp",
+    "policy_tokens", "policy_truncated", "policy_logp", "reference_logp",
 )  # fmt: skip
 
 
@@ -134,6 +135,7 @@ class SampleEvaluation(L.Callback):
                     else "",
                     "chosen": completion_text(self.tokenizer, pair.prompt_ids, pair.chosen_ids)[1],
                     "policy_tokens": len(policy_samples[k]),
+                    "policy_truncated": int(truncated(policy_samples[k], self.tokenizer.eos_token_id)),
                     "policy_logp": float(policy_logps[k]),
                     "reference_logp": float(reference_logps[k]) if reference_logps is not None else None,
                 }
@@ -169,7 +171,9 @@ class SampleEvaluation(L.Callback):
 
     def _metrics(self, rows: list[dict[str, Any]], step: int) -> dict[str, float]:
         """val/reward (± its standard error) of the policy samples, val/reference_reward, val/kl (± error),
-        val/sample_tokens (mean policy sample length), val/step (the global step sampled)."""
+        val/sample_tokens (mean policy sample length), val/truncated_samples (the share of policy samples cut at
+        `max_new_tokens` before their EOS: where it is above 0, val/kl is the KL of the samples' first
+        `max_new_tokens` tokens, a lower bound of the sequence-level KL; see `eval.kl`), val/step (the step)."""
         metrics: dict[str, float] = {}
         for column, name in (("policy_reward", "val/reward"), ("reference_reward", "val/reference_reward")):
             values = [row[column] for row in rows if row.get(column) is not None]
@@ -181,6 +185,7 @@ class SampleEvaluation(L.Callback):
             )
             metrics["val/kl"], metrics["val/kl_se"] = kl_estimate(policy_logps, reference_logps)
         metrics["val/sample_tokens"] = sum(row["policy_tokens"] for row in rows) / len(rows)
+        metrics["val/truncated_samples"] = sum(row["policy_truncated"] for row in rows) / len(rows)
         metrics["val/step"] = float(step)
         return metrics
 

@@ -3,16 +3,23 @@
     prompts [B] (token ids, as training tokenizes them) ─► left-pad ─► model.generate ─► completions [B]
 
 A completion is the generated ids up to and including the first EOS (as training responses end with EOS), or
-`max_new_tokens` ids if no EOS came. Sampling is seeded: the same prompts, weights and seed give the same
-completions, so validations at different steps differ only through the weights.
+`max_new_tokens` ids if no EOS came (a truncated sample: `truncated`). Sampling is seeded: the same prompts, weights
+and seed give the same completions, so validations at different steps differ only through the weights.
+
+Samples are of π itself (at temperature 1, top_p 1): generation runs on a `GenerationConfig` that holds only the
+settings below. The model's own `generation_config` — which hub models ship with `repetition_penalty`,
+`no_repeat_ngram_size`, `min_new_tokens`, `suppress_tokens`, bad-words lists … — is set aside for the call, since
+transformers would otherwise fill every setting we leave unset from it and sample another distribution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,37 @@ class SamplingSettings:
     top_p: float = 1.0
     batch_size: int = 64
     seed: int = 0
+
+
+def generation_config(settings: SamplingSettings, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """A generation config with our settings only: ancestral sampling from softmax(logits / temperature), nucleus
+    `top_p` (1: off), no top-k, no penalty or other logits processor; greedy decoding at temperature 0."""
+    sampling = settings.temperature > 0
+    return GenerationConfig(
+        do_sample=sampling,
+        temperature=settings.temperature if sampling else None,
+        top_p=settings.top_p if sampling else None,
+        top_k=0,  # transformers' default would be 50
+        max_new_tokens=settings.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+@contextmanager
+def only_our_generation_config(model: torch.nn.Module, config: GenerationConfig) -> Iterator[None]:
+    """Every Hugging Face model inside `model` (itself, or the one a PEFT wrapper holds) generates with `config` as
+    its own `generation_config` inside the block: `generate` fills the settings a call leaves unset from the
+    model's config, so a fresh one is the only way that none of the model's settings reach the samples."""
+    owners = [m for m in model.modules() if isinstance(vars(m).get("generation_config"), GenerationConfig)]
+    saved = [owner.generation_config for owner in owners]
+    for owner in owners:
+        owner.generation_config = config
+    try:
+        yield
+    finally:
+        for owner, original in zip(owners, saved, strict=True):
+            owner.generation_config = original
 
 
 def _left_padded(prompts: list[list[int]], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -46,6 +84,11 @@ def _until_eos(ids: list[int], eos_token_id: int) -> list[int]:
     return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
 
 
+def truncated(completion: list[int], eos_token_id: int) -> bool:
+    """Whether a completion was cut at `max_new_tokens` before its EOS (it then ends with another token)."""
+    return completion[-1] != eos_token_id
+
+
 @torch.no_grad()
 def sample_completions(
     model: PreTrainedModel,
@@ -61,7 +104,8 @@ def sample_completions(
         model: a causal LM; put in eval mode for the call and restored after.
         prompts: [B] prompt token ids.
         tokenizer: gives the pad and EOS ids.
-        settings: temperature, top_p, max_new_tokens, batch size, seed.
+        settings: temperature, top_p, max_new_tokens, batch size, seed: the only generation settings used (the
+            model's own `generation_config` is set aside for the call).
         seed_offset: added to `settings.seed` (e.g. the process rank, so ranks draw independently).
         synced_gpus: keep generating until every process is done (sharded models: every forward is a
             collective, so all ranks must run the same number of them).
@@ -70,24 +114,17 @@ def sample_completions(
     model.train(False)
     device = next(model.parameters()).device
     completions: list[list[int]] = []
-    sampling = settings.temperature > 0
-    options = {"temperature": settings.temperature, "top_p": settings.top_p} if sampling else {}
+    config = generation_config(settings, tokenizer)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            only_our_generation_config(model, config),
+        ):
             torch.manual_seed(settings.seed + seed_offset)
             for start in range(0, len(prompts), settings.batch_size):
                 chunk = prompts[start : start + settings.batch_size]
                 inputs = _left_padded(chunk, tokenizer.pad_token_id, device)
-                output = model.generate(
-                    **inputs,
-                    do_sample=sampling,
-                    max_new_tokens=settings.max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    synced_gpus=synced_gpus,
-                    top_k=None,
-                    **options,
-                )  # [b, T + new]
+                output = model.generate(**inputs, generation_config=config, synced_gpus=synced_gpus)  # [b, T + new]
                 generated = output[:, inputs["input_ids"].shape[1] :].tolist()
                 completions += [_until_eos(ids, tokenizer.eos_token_id) for ids in generated]
     finally:

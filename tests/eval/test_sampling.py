@@ -13,7 +13,7 @@ from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.eval.callback import SampleEvaluation
 from dpo_lightning.eval.kl import kl_estimate, mean_and_standard_error
 from dpo_lightning.eval.rewards import VaderReward
-from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions
+from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
 from dpo_lightning.models import build_model
 from dpo_lightning.module import KL_REFERENCE_PREFIX, REFERENCE_PREFIX, DPOLitModule
 from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
@@ -65,6 +65,67 @@ def test_sampling_is_seeded_and_restores_the_global_rng_and_training_mode():
     assert sample_completions(model, _prompt_ids(), TOKENIZER, SamplingSettings(10, batch_size=2, seed=6)) != first
 
 
+# Settings a hub model's generation_config may carry, each of which changes what `generate` samples.
+HOSTILE_GENERATION_CONFIG = {
+    "repetition_penalty": 1.3,
+    "no_repeat_ngram_size": 1,
+    "min_new_tokens": 8,
+    "suppress_tokens": [7, 8, 9],
+    "begin_suppress_tokens": [10],
+    "bad_words_ids": [[11], [12]],
+    "min_p": 0.05,
+    "typical_p": 0.5,
+    "top_k": 3,
+    "epsilon_cutoff": 3e-4,
+    "sequence_bias": {(13,): 5.0},
+    "renormalize_logits": True,
+    "max_length": 4,
+}
+
+
+def _hostile(model):
+    for key, value in HOSTILE_GENERATION_CONFIG.items():
+        setattr(model.generation_config, key, value)
+    return model
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0], ids=["sampled", "greedy"])
+def test_samples_ignore_the_models_own_generation_config(temperature):
+    """The samples are of π: settings in the model's generation_config change neither the samples nor their
+    log-probs, and the model's config is left as it was."""
+    settings = SamplingSettings(max_new_tokens=12, temperature=temperature, batch_size=8, seed=3)
+    prompts = _prompt_ids() * 4
+    clean = build_model(TEXT_MODEL).eval()
+    hostile = _hostile(build_model(TEXT_MODEL).eval())
+    expected = sample_completions(clean, prompts, TOKENIZER, settings)
+    samples = sample_completions(hostile, prompts, TOKENIZER, settings)
+    assert samples == expected
+    logps = [_sequence_logp_float64(hostile, p, s) for p, s in zip(prompts, samples, strict=True)]
+    assert logps == pytest.approx([_sequence_logp_float64(clean, p, s) for p, s in zip(prompts, expected, strict=True)])
+    assert {k: getattr(hostile.generation_config, k) for k in HOSTILE_GENERATION_CONFIG} == HOSTILE_GENERATION_CONFIG
+
+
+def test_samples_of_a_peft_wrapped_policy_ignore_the_base_models_generation_config():
+    from peft import LoraConfig, get_peft_model
+
+    settings = SamplingSettings(max_new_tokens=12, batch_size=8, seed=1)
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    clean = get_peft_model(build_model(TEXT_MODEL), lora).eval()
+    hostile = get_peft_model(_hostile(build_model(TEXT_MODEL)), lora).eval()
+    prompts = _prompt_ids() * 4
+    assert sample_completions(hostile, prompts, TOKENIZER, settings) == sample_completions(
+        clean, prompts, TOKENIZER, settings
+    )
+
+
+def test_a_completion_is_truncated_when_it_ends_without_eos():
+    eos = TOKENIZER.eos_token_id
+    assert truncated([5, 6, 7], eos) and not truncated([5, eos], eos) and not truncated([eos], eos)
+    model = build_model(TEXT_MODEL).eval()
+    samples = sample_completions(model, _prompt_ids() * 4, TOKENIZER, SamplingSettings(max_new_tokens=3, seed=2))
+    assert all(truncated(s, eos) == (len(s) == 3 and eos not in s) for s in samples)
+
+
 def test_completion_text_keeps_the_space_between_prompt_and_completion():
     prompt = TOKENIZER(" the ending was", add_special_tokens=False)["input_ids"]
     completion = TOKENIZER(" truly wonderful.", add_special_tokens=False)["input_ids"] + [TOKENIZER.eos_token_id]
@@ -111,7 +172,9 @@ def test_sample_rows_hold_rewards_and_log_probs_of_the_policy_samples_under_both
         assert row["reference_logp"] == pytest.approx(_sequence_logp_float64(reference, prompt, sample), abs=1e-4)
         assert row["policy_reward"] == pytest.approx(sentiment_reward(prompt_text, text))
         assert row["chosen"] == completion_text(TOKENIZER, prompt, [5, TOKENIZER.eos_token_id])[1]
+        assert row["policy_truncated"] == int(sample[-1] != TOKENIZER.eos_token_id)
     metrics = callback._metrics(rows, 0)
+    assert metrics["val/truncated_samples"] == sum(row["policy_truncated"] for row in rows) / len(rows)
     ratios = torch.tensor([row["policy_logp"] - row["reference_logp"] for row in rows])
     assert metrics["val/kl"] == pytest.approx(float(ratios.mean())) and metrics["val/kl"] != 0
     assert metrics["val/reward"] == pytest.approx(sum(row["policy_reward"] for row in rows) / len(rows))
@@ -130,7 +193,7 @@ def test_without_a_reference_model_and_kl_off_there_is_no_reference_column_or_kl
     module.configure_model()
     callback, rows = _evaluation(module, kl=False, reward=False)
     assert all(row["reference"] == "" and row["reference_logp"] is None for row in rows)
-    assert set(callback._metrics(rows, 0)) == {"val/sample_tokens", "val/step"}
+    assert set(callback._metrics(rows, 0)) == {"val/sample_tokens", "val/truncated_samples", "val/step"}
 
 
 def test_the_evaluation_copy_stays_out_of_checkpoints_and_the_optimizer():
