@@ -3,9 +3,12 @@
 `DivergenceGuard`: a NaN or infinite loss or gradient norm stops training before the optimizer applies it:
 `DivergenceError` names the step, epoch and batch, and the last checkpoint, which still holds the last good
 weights (nothing is saved after the bad step). The check sits before the optimizer step, where DDP has already
-averaged the gradients, so every rank sees the same non-finite norm and all stop together. It also logs
-`train/grad_norm` (before clipping). Under fp16 mixed precision a non-finite gradient is the loss scaler's business
-(it skips that step and lowers the scale), so only the loss is checked there.
+averaged the gradients, so every rank sees the same non-finite norm and all stop together. The guard computes the
+total gradient norm once per optimizer step and uses it three times: it logs it as `train/grad_norm` (before
+clipping), checks it, and clips the gradients with it (`trainer.gradient_clip_val`, which `run` hands to the
+guard instead of Lightning: Lightning's clipping would compute the same norm a second time). Under fp16 mixed
+precision a non-finite gradient is the loss scaler's business (it skips that step and lowers the scale), so only
+the loss is checked there.
 
 `Preemption`: SIGTERM (a cluster preempting the job) → at the end of the current optimizer step every rank
 saves `checkpoints/last.ckpt` and stops (see the class). The run's summary says "preempted", and `resume=auto`
@@ -45,9 +48,15 @@ def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
 
 
 class DivergenceGuard(L.Callback):
-    """Stops on a NaN/inf loss or gradient norm, before the optimizer step (see the module docstring)."""
+    """Stops on a NaN/inf loss or gradient norm, before the optimizer step (see the module docstring).
 
-    def __init__(self) -> None:
+    Args:
+        max_norm: clip the gradients' total L2 norm to this (as `torch.nn.utils.clip_grad_norm_` does, with the
+            norm the guard has computed already); None or 0: no clipping.
+    """
+
+    def __init__(self, max_norm: float | None = None) -> None:
+        self.max_norm = max_norm
         self.batch_idx = 0
         self.bad_loss: float | None = None
 
@@ -63,13 +72,17 @@ class DivergenceGuard(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        norm = float(gradient_norm(optimizer))
+        total_norm = gradient_norm(optimizer)
+        norm = float(total_norm)
         pl_module.log("train/grad_norm", norm, on_step=True)
         scaled = str(trainer.precision) == "16-mixed"  # the GradScaler handles non-finite gradients
         if self.bad_loss is not None:
             self._stop(trainer, f"non-finite loss ({self.bad_loss})")
         if not math.isfinite(norm) and not scaled:
             self._stop(trainer, f"non-finite gradient norm ({norm})")
+        if self.max_norm:  # grad ← grad · min(1, max_norm / (norm + 1e-6)), torch's clip_grad_norm_ arithmetic
+            parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(parameters, self.max_norm, total_norm)
 
     def _stop(self, trainer: L.Trainer, problem: str) -> None:
         checkpoint = trainer.checkpoint_callback

@@ -79,16 +79,22 @@ def build_sample_evaluation(cfg: DictConfig, tokenizer, output_dir: Path) -> Sam
 
 def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     """The configured Trainer, with checkpoints as safetensors written atomically (`checkpointing`), the run's
-    fault handling (`faults`: divergence, SIGTERM) and RNG states kept in checkpoints (`resume.RandomState`)."""
+    fault handling (`faults`: divergence, SIGTERM) and RNG states kept in checkpoints (`resume.RandomState`).
+
+    Clipping by norm (`trainer.gradient_clip_val`) is done by `faults.DivergenceGuard` with the gradient norm it
+    computes anyway; clipping by value (`+trainer.gradient_clip_algorithm=value`) is left to Lightning."""
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", **_plain(cfg.checkpoint))
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
-    run_callbacks = [checkpoint, DivergenceGuard(), Preemption(output_dir / LAST_CHECKPOINT), RandomState()]
+    by_norm = cfg.trainer.get("gradient_clip_algorithm") in (None, "norm")
+    guard = DivergenceGuard(max_norm=cfg.trainer.get("gradient_clip_val") if by_norm else None)
+    run_callbacks = [checkpoint, guard, Preemption(output_dir / LAST_CHECKPOINT), RandomState()]
     return instantiate(
         cfg.trainer,
         default_root_dir=str(output_dir),
         logger=loggers,
         callbacks=[*run_callbacks, *callbacks],
         plugins=[SafetensorsCheckpointIO()],
+        **({"gradient_clip_val": None} if by_norm else {}),
     )
 
 

@@ -13,6 +13,8 @@ from omegaconf import OmegaConf, open_dict, read_write
 from dpo_lightning.cli import CONF_DIR
 from dpo_lightning.config import check_group_choices, source_arguments, validate_config
 from dpo_lightning.errors import ConfigError
+from dpo_lightning.faults import DivergenceGuard
+from dpo_lightning.run import build_trainer
 
 # Groups of `config.yaml`; `reward` is nested in each task (chosen with `reward@task.reward=…`), `judge` belongs
 # to `winrate.yaml` (composed in tests/eval/test_winrate.py).
@@ -145,3 +147,19 @@ def test_a_bad_loss_hyperparameter_fails_on_the_command_line_in_one_line(tmp_pat
     result = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: loss.label_smoothing: must be in [0.0, 0.5), got 0.7"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "guard_clips", "lightning_clips"),
+    [
+        ([], 10.0, None),
+        (["trainer.gradient_clip_val=null"], None, None),
+        (["+trainer.gradient_clip_algorithm=value"], None, 10.0),
+    ],
+    ids=["by-norm", "off", "by-value"],
+)
+def test_the_divergence_guard_clips_by_norm_in_place_of_lightning(overrides, guard_clips, lightning_clips, tmp_path):
+    """Clipping by norm is the guard's (it has the gradient norm already); clipping by value stays Lightning's."""
+    trainer = build_trainer(_compose(["trainer.enable_progress_bar=false", *overrides], tmp_path), tmp_path, [])
+    (guard,) = [callback for callback in trainer.callbacks if isinstance(callback, DivergenceGuard)]
+    assert (guard.max_norm, trainer.gradient_clip_val) == (guard_clips, lightning_clips)

@@ -6,6 +6,7 @@ from conftest import PAD, random_pairs
 from torch.utils.data import DataLoader
 
 from dpo_lightning.data.collate import collate_padded
+from dpo_lightning.faults import DivergenceGuard
 from dpo_lightning.logprobs import sequence_logprobs
 from dpo_lightning.module import REFERENCE_PREFIX, DPOLitModule
 
@@ -135,3 +136,37 @@ def test_reference_none_builds_no_copy_and_uses_zero_reference_logps():
     logps, _ = sequence_logprobs(module.policy, batch)
     expected = -torch.nn.functional.logsigmoid(0.1 * (logps[:4] - logps[4:]))  # π_ref ≡ 1: Δ = π_c − π_r
     torch.testing.assert_close(module.training_step(batch, 0), expected.mean())
+
+
+def _fit_clipped(tmp_path, callbacks, gradient_clip_val=None, steps=3):
+    """A module trained `steps` steps with a tiny clip (so every step clips); its policy's weights."""
+    torch.manual_seed(0)
+    module = _module()
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+        gradient_clip_val=gradient_clip_val,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, train_dataloaders=_loader())
+    return {name: value.detach().clone() for name, value in module.policy.state_dict().items()}
+
+
+def test_the_divergence_guard_clips_with_the_one_gradient_norm_it_computes(tmp_path, monkeypatch):
+    """With clipping on, the total gradient norm is computed once per optimizer step, and the clipped weights are
+    bit-identical to Lightning's own clipping (torch's clip_grad_norm_)."""
+    expected = _fit_clipped(tmp_path, [], gradient_clip_val=0.05)
+    calls = []
+    get_total_norm = torch.nn.utils.get_total_norm
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: calls.append(1) or get_total_norm(*a, **k))
+    clipped = _fit_clipped(tmp_path, [DivergenceGuard(max_norm=0.05)], steps=3)
+    assert len(calls) == 3
+    assert all(torch.equal(clipped[name], expected[name]) for name in expected)
+    unclipped = _fit_clipped(tmp_path, [DivergenceGuard()])
+    assert not all(torch.equal(unclipped[name], expected[name]) for name in expected)
