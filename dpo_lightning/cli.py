@@ -7,6 +7,7 @@ unknown group option, which Hydra itself reports in several lines.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -49,7 +50,8 @@ def one_line_errors(function: Callable[[DictConfig], Any]) -> Callable[[DictConf
 
 def command(hydra_main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point around a `hydra.main` function: unknown `group=option` overrides fail in one
-    line before Hydra parses the command line, and `resume=` picks the run folder (`resume.resume_arguments`).
+    line before Hydra parses the command line, `resume=` picks the run folder (`resume.resume_arguments`), and
+    the config Hydra prints for `--cfg` is redacted (`console.printed_config_redacted`).
     A multirun ends with status 1 when any of its jobs did not complete (`sweep.finish_sweep`)."""
 
     def main() -> None:
@@ -61,8 +63,14 @@ def command(hydra_main: Callable[[], Any]) -> Callable[[], None]:
                 sys.argv[1:] = resume_arguments(sys.argv[1:])
         except ConfigError as error:
             _fail(error)
+        printout = contextlib.nullcontext()
+        if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in sys.argv[1:]):
+            from dpo_lightning.console import printed_config_redacted  # imports Lightning: only when asked
+
+            printout = printed_config_redacted(sys.argv[1:])
         try:
-            hydra_main()
+            with printout:
+                hydra_main()
         finally:
             status = finish_sweep()  # a multirun: sweep_summary.csv written, 1 when a job did not complete
         if status:

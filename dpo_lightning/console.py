@@ -4,21 +4,24 @@
   the same config as `<run folder>/config.yaml` (Hydra's `.hydra/config.yaml` keeps the unresolved one).
 - `redact`: no API key or token is ever printed or written. Every config the project prints or writes goes
   through it, and `RedactHydraOutput` rewrites what Hydra itself saved of the job (`.hydra/*.yaml`, a sweep's
-  `multirun.yaml`), where a secret given on the command line would otherwise stay.
+  `multirun.yaml`), where a secret given on the command line would otherwise stay; `printed_config_redacted`
+  does the same for what Hydra prints with `--cfg`.
 - `progress_bar`: Lightning's RichProgressBar (`progress_bar: rich`, the default) or its TQDM bar (`tqdm`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import rich
+import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import RichProgressBar
@@ -128,6 +131,32 @@ def redact_overrides(arguments: Iterable[str]) -> list[str]:
         key, equals, _ = argument.partition("=")
         redacted.append(f"{key}={REDACTED}" if equals and is_secret_key(key) else argument)
     return redact(redacted)
+
+
+def redact_printed_config(text: str, arguments: Iterable[str] = ()) -> str:
+    """Hydra's `--cfg` printout (YAML, maybe after a `# @package …` line) with every secret redacted: the values of
+    secret-looking keys, and the secret values of `arguments` (the command line's `key=value` overrides) and of
+    the environment wherever they appear. A printout that is not a mapping (`--package` naming one value) has
+    the known secrets removed from its text."""
+    given = {value for key, _, value in (a.partition("=") for a in arguments) if value and is_secret_key(key)}
+    header = [line for line in text.splitlines(keepends=True) if line.startswith("#")]
+    body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+    content = yaml.safe_load(body) if body.strip() else None
+    if not isinstance(content, dict):
+        return redact(text, given)
+    return "".join(header) + OmegaConf.to_yaml(redact(content, given))
+
+
+@contextmanager
+def printed_config_redacted(arguments: list[str]) -> Iterator[None]:
+    """Inside the block, what goes to stdout is held back and printed through `redact_printed_config` at its end
+    (for Hydra's `--cfg`, which prints the composed config, and exits, before the task function runs)."""
+    held = io.StringIO()
+    try:
+        with redirect_stdout(held):
+            yield
+    finally:
+        sys.stdout.write(redact_printed_config(held.getvalue(), arguments))
 
 
 @contextmanager

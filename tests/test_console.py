@@ -25,6 +25,7 @@ from dpo_lightning.console import (
     progress_bar,
     redact,
     redact_overrides,
+    redact_printed_config,
     save_resolved_config,
 )
 from dpo_lightning.errors import ConfigError
@@ -203,6 +204,24 @@ def test_hydra_record_of_a_sweep_job_is_redacted(tmp_path):
     assert yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) == redacted_overrides
     assert yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) == {"beta": 0.1, "hub": {"token": REDACTED}}
     assert yaml.safe_load((tmp_path / "multirun.yaml").read_text())["hydra"]["overrides"]["task"] == redacted_overrides
+
+
+def test_redact_printed_config_keeps_the_printout_and_hides_secrets(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "env-" + SECRET)
+    printed = OmegaConf.to_yaml({"beta": 0.1, "hub": {"token": SECRET}, "note": f"x=env-{SECRET}", "a": "???"})
+    expected = OmegaConf.to_yaml({"beta": 0.1, "hub": {"token": REDACTED}, "note": f"x={REDACTED}", "a": "???"})
+    assert redact_printed_config(printed) == expected
+    assert redact_printed_config("# @package hub\n" + printed) == "# @package hub\n" + expected
+    assert redact_printed_config(f"{SECRET}\n", [f"+hub.token={SECRET}"]) == f"{REDACTED}\n"  # one value
+
+
+@pytest.mark.parametrize("shown", [["--cfg", "all"], ["-c", "job", "--package", "hub.token"]])
+def test_cfg_printout_never_shows_a_command_line_secret(shown):
+    token = "tok-" + secrets.token_hex(16)
+    command = [sys.executable, "train.py", *shown, f"+hub.token={token}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert token not in result.stdout + result.stderr and REDACTED in result.stdout
 
 
 def test_help_lists_every_group_and_option():
