@@ -9,18 +9,28 @@ from dpo_lightning.losses.base import LossOutput, PairLogps, RankingLogps
 
 def preference_metrics(output: LossOutput, policy: PairLogps) -> dict[str, torch.Tensor]:
     """Scalar metrics of one batch: loss, implicit-reward statistics (where the objective defines rewards),
-    mean policy log-probs, and the objective's own terms."""
+    mean policy log-probs, and the objective's own terms.
+
+    The `rewards/*` are means over the reward pairs that `output.reward_mask` w counts (all P without a mask), of
+    the [P] chosen and rejected rewards c and r: chosen Σ w·c / Σ w, rejected Σ w·r / Σ w, accuracies
+    Σ w·[c > r] / Σ w, margins Σ w·(c − r) / Σ w. Masked-out pairs are dropped with `where` (a NaN there stays out),
+    and nothing here syncs with the host."""
     metrics = {
         "loss": output.losses.mean(),
         "logps/chosen": policy.chosen.detach().mean(),
         "logps/rejected": policy.rejected.detach().mean(),
     }
-    if output.chosen_rewards is not None and output.rejected_rewards is not None:
+    chosen, rejected, mask = output.chosen_rewards, output.rejected_rewards, output.reward_mask
+    if chosen is not None and rejected is not None:
+
+        def mean(values: torch.Tensor) -> torch.Tensor:
+            return values.mean() if mask is None else torch.where(mask, values, 0.0).sum() / mask.sum()
+
         metrics |= {
-            "rewards/chosen": output.chosen_rewards.mean(),
-            "rewards/rejected": output.rejected_rewards.mean(),
-            "rewards/accuracies": (output.chosen_rewards > output.rejected_rewards).float().mean(),
-            "rewards/margins": (output.chosen_rewards - output.rejected_rewards).mean(),
+            "rewards/chosen": mean(chosen),
+            "rewards/rejected": mean(rejected),
+            "rewards/accuracies": mean((chosen > rejected).float()),
+            "rewards/margins": mean(chosen - rejected),
         }
     return metrics | output.metrics
 

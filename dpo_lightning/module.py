@@ -137,10 +137,10 @@ class DPOLitModule(L.LightningModule):
         if batch.ranked or self.objective.takes_rankings:
             policy_rankings = ranking_logps(*policy_sums, batch)
             reference_rankings = ranking_logps(*reference_sums, batch) if reference_sums is not None else None
-        if self.objective.takes_rankings:
-            output = self.objective(policy_rankings, reference_rankings)
-        else:
-            output = self.objective(policy, reference)
+        inputs = (policy_rankings, reference_rankings) if self.objective.takes_rankings else (policy, reference)
+        if stage == "train" and not batch.placeholder:  # an objective's running state sees real training data only
+            self.objective.observe(*inputs)
+        output = self.objective(*inputs)
         metrics = preference_metrics(output, policy)
         if batch.ranked:
             metrics |= ranking_metrics(policy_rankings, reference_rankings)

@@ -1,11 +1,12 @@
 """DPOLitModule: what trains, what stays frozen, what goes into checkpoints."""
 
 import lightning as L
+import pytest
 import torch
 from conftest import PAD, random_pairs
 from torch.utils.data import DataLoader
 
-from dpo_lightning.data.collate import collate_padded
+from dpo_lightning.data.collate import collate_padded, placeholder_batch
 from dpo_lightning.faults import DivergenceGuard
 from dpo_lightning.logprobs import sequence_logprobs
 from dpo_lightning.module import REFERENCE_PREFIX, DPOLitModule
@@ -170,3 +171,36 @@ def test_the_divergence_guard_clips_with_the_one_gradient_norm_it_computes(tmp_p
     assert all(torch.equal(clipped[name], expected[name]) for name in expected)
     unclipped = _fit_clipped(tmp_path, [DivergenceGuard()])
     assert not all(torch.equal(unclipped[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"_target_": "dpo_lightning.losses.bco_pair.BCOPair", "beta": 0.1},
+        {
+            "_target_": "dpo_lightning.losses.combo.Combo",
+            "_convert_": "partial",
+            "parts": [DPO, {"_target_": "dpo_lightning.losses.bco_pair.BCOPair", "beta": 0.1}],
+            "weights": [1.0, 1.0],
+        },
+    ],
+    ids=["bco_pair", "combo"],
+)
+def test_objective_state_sees_training_batches_only(loss):
+    """BCO's running reward shift δ: a training batch updates it; a placeholder training batch (a rank out of
+    streaming data) and a validation batch leave it as it was."""
+    module = _module(loss)
+    bco = module.objective.parts[1] if hasattr(module.objective, "parts") else module.objective
+    with torch.no_grad():  # rewards away from 0, so that every batch moves δ
+        for parameter in module.policy.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    batch = collate_padded(random_pairs(4), PAD)
+    module.training_step(batch, 0)
+    delta = bco._delta.clone()
+    module.training_step(placeholder_batch(PAD), 1)
+    assert torch.equal(bco._delta, delta) and bco._batches == 1
+    with torch.no_grad():
+        module.validation_step(collate_padded(random_pairs(4, seed=5), PAD), 0)
+    assert torch.equal(bco._delta, delta) and bco._batches == 1
+    module.training_step(collate_padded(random_pairs(4, seed=6), PAD), 2)
+    assert bco._batches == 2 and not torch.equal(bco._delta, delta)

@@ -412,3 +412,30 @@ def test_validation_metrics_are_means_over_all_pairs_and_rankings_whatever_the_b
     assert logged["val/rewards/accuracies"] == pytest.approx(correct / pairs, abs=1e-6)
     assert logged["val/ranking/top1"] == pytest.approx(sum(top1) / len(top1), abs=1e-6)
     assert logged["val/loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_plackett_luce_logs_the_rewards_of_the_label_ordered_pairs(ties):
+    """train/rewards/* of a whole-ranking batch with ties and padding: means over every label-ordered pair of the
+    rankings (tied responses never pair), by a loop over `ranking_pairs` on the padded per-response log-probs."""
+    module = _module({**PLACKETT_LUCE, "ties": ties})
+    logged = {}
+    module.log_dict = lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()})
+    rankings = random_rankings(8, seed=13)
+    assert any(len(set(r.ranks)) < len(r.ranks) for r in rankings)  # some ties
+    module.training_step(SHARED["packed"](rankings), 0)
+    with torch.no_grad():
+        rewards = 0.1 * (_padded_rankings(module.policy, rankings) - _padded_rankings(module.reference.model, rankings))
+    pairs = [
+        (float(rewards[g, better]), float(rewards[g, worse]))
+        for g, ranking in enumerate(rankings)
+        for better, worse in ranking_pairs(ranking.ranks, "all")
+    ]
+    expected = {
+        "chosen": sum(c for c, _ in pairs) / len(pairs),
+        "rejected": sum(r for _, r in pairs) / len(pairs),
+        "margins": sum(c - r for c, r in pairs) / len(pairs),
+        "accuracies": sum(c > r for c, r in pairs) / len(pairs),
+    }
+    for name, value in expected.items():
+        assert logged[f"train/rewards/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-6), name

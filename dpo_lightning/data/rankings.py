@@ -11,10 +11,11 @@ A ranked source row holds `prompt`, `responses` [K] and `scores` [K] (see `sourc
                  best_vs_rest  the best-scored responses against every lower-scored one (K − 1 without ties)
 
 Tie policy: equal scores state no preference. Tied responses never form a pair, and the Plackett–Luce loss
-treats a tied group as unordered (Breslow's rule: every member of the group is drawn from the responses not
-ranked above the group, the group included; `losses/plackett_luce.py`). A ranking needs two score levels at
-least: one whose responses all tie says nothing and is a bad row. Scores are never invented: a missing,
-non-numeric or non-finite score is a bad row naming the `scores` field.
+treats a tied group as unordered: the bottom group (the last rank, tied or not) adds nothing, since it comes
+last in any order, and a tied group above it is drawn from the responses not ranked above it by Efron's
+approximation (`loss.ties=efron`, the default) or Breslow's (`loss.ties=breslow`) (`losses/plackett_luce.py`).
+A ranking needs two score levels at least: one whose responses all tie says nothing and is a bad row. Scores
+are never invented: a missing, non-numeric or non-finite score is a bad row naming the `scores` field.
 """
 
 from __future__ import annotations

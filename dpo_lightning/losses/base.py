@@ -102,14 +102,25 @@ class LossOutput:
 
     losses: [P] — the training objective is `losses.mean()`.
     chosen_rewards, rejected_rewards: [P] detached rewards the objective implies (DPO: β·(log π − log π_ref)),
-        or None where it defines none (e.g. SFT).
+        or None where it defines none (e.g. SFT); a ranking objective's P reward pairs need not match its losses.
     metrics: extra scalar terms the objective wants logged, under their own names.
+    reward_mask: [P] bool: which of the P reward pairs the reward metrics count (None: all). Lets an objective log
+        a data-dependent set of pairs without a host sync (e.g. `loss=plackett_luce`: the label-ordered ones).
     """
 
     losses: torch.Tensor
     chosen_rewards: torch.Tensor | None = None
     rejected_rewards: torch.Tensor | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    reward_mask: torch.Tensor | None = None
+
+    def num_reward_pairs(self) -> torch.Tensor:
+        """0-dim int64 on the losses' device, no host sync: the pairs the reward metrics count (Σ reward_mask, or
+        P without a mask; 0 without rewards)."""
+        if self.reward_mask is not None:
+            return self.reward_mask.sum()
+        pairs = 0 if self.chosen_rewards is None else self.chosen_rewards.numel()
+        return torch.full((), pairs, dtype=torch.long, device=self.losses.device)  # a fill: no host-to-device copy
 
 
 class Objective(ABC):
@@ -121,6 +132,8 @@ class Objective(ABC):
     `takes_rankings`: the objective is called with `RankingLogps` (whole rankings; a pair is a ranking of two)
     rather than `PairLogps`.
     `needs_tokens`: the objective reads per-token log-probs (`PairLogps.tokens`), which only batches of pairs give.
+    An objective with running state updates it in `observe`, which the module calls for training batches only;
+    `__call__` only reads it.
     """
 
     name: str = ""
@@ -132,7 +145,12 @@ class Objective(ABC):
     @abstractmethod
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         """Losses and metrics for one batch; `reference` is None when `needs_reference` is false (both are
-        `RankingLogps` for an objective that `takes_rankings`)."""
+        `RankingLogps` for an objective that `takes_rankings`). Pure: it never changes the objective's state."""
+
+    def observe(self, policy: PairLogps, reference: PairLogps | None) -> None:  # noqa: B027 (most keep no state)
+        """Update the objective's running state (e.g. BCO's reward shift δ) with one training batch, before its
+        loss is computed. The module calls it for real training batches only: never in validation and never for
+        a placeholder batch (streaming). Objectives without state keep this no-op."""
 
 
 def logratios(policy: PairLogps, reference: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:

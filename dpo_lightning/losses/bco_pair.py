@@ -12,9 +12,10 @@ logits so that the classifier's threshold follows the rewards as they drift:
 Sources: Hugging Face TRL's `DPOTrainer.dpo_loss` with `loss_type="bco_pair"` for the loss and for δ: after each
 batch's rewards are computed, TRL feeds the batch mean of all 2P rewards to a `RunningMoments` and uses its mean,
 i.e. δ is the plain average of the batch means seen so far, the current batch included. Differences from TRL:
-- δ is updated only while autograd records (training steps); validation uses δ without changing it. TRL updates
-  it in evaluation too, which makes training depend on how often and on what one validates (and on Lightning's
-  sanity-check batches).
+- δ is updated by training batches only (`observe`, which the module calls before the loss of each real training
+  batch); validation uses δ without changing it, and a placeholder batch (a rank out of streaming data) never
+  reaches it. TRL updates it in evaluation too, which makes training depend on how often and on what one
+  validates (and on Lightning's sanity-check batches).
 - δ is per process: under DDP each rank averages its own batches. TRL's `RunningMoments` averages across
   processes (an all-reduce inside the loss); the ranks' δ differ only by sampling noise, and a collective in the
   loss would cost a synchronisation every step.
@@ -63,7 +64,8 @@ class BCOPair(Objective):
     0.01).
 
     State: δ, the running mean of the training batches' mean reward (see the module docstring), 0 before the
-    first training batch. Logged terms: `delta` (δ as used for the batch), `chosen_loss`, `rejected_loss`.
+    first training batch; `observe` updates it, the loss reads it. Logged terms: `delta` (δ as used for the batch),
+    `chosen_loss`, `rejected_loss`.
     """
 
     beta: float
@@ -74,20 +76,18 @@ class BCOPair(Objective):
     def __post_init__(self) -> None:
         check_beta(self.beta)
 
-    def running_delta(self, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-        """δ for this batch: the running mean of batch-mean rewards, first updated with this batch when training."""
-        if torch.is_grad_enabled():
-            batch_mean = torch.cat((chosen_rewards, rejected_rewards)).detach().float().mean()  # 0-dim
-            self._batches += 1
-            previous = batch_mean if self._delta is None else self._delta.to(batch_mean.device)
-            self._delta = previous + (batch_mean - previous) / self._batches
-        if self._delta is None:
-            return chosen_rewards.new_zeros((), dtype=torch.float32)
-        return self._delta.to(chosen_rewards.device)
+    def observe(self, policy: PairLogps, reference: PairLogps | None) -> None:
+        """Add a training batch's mean reward (over its 2P rewards) to δ, the running mean of batch means."""
+        chosen_rewards, rejected_rewards = dpo_rewards(policy, reference, self.beta)  # [P], [P] detached
+        batch_mean = torch.cat((chosen_rewards, rejected_rewards)).float().mean()  # 0-dim
+        self._batches += 1
+        previous = batch_mean if self._delta is None else self._delta.to(batch_mean.device)
+        self._delta = previous + (batch_mean - previous) / self._batches
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_rewards, rejected_rewards = dpo_rewards(policy, reference, self.beta)  # [P], [P] detached
-        delta = self.running_delta(chosen_rewards, rejected_rewards)
+        delta = chosen_rewards.new_zeros((), dtype=torch.float32) if self._delta is None else self._delta
+        delta = delta.to(chosen_rewards.device)
         losses, chosen_losses, rejected_losses = bco_pair_loss(*logratios(policy, reference), self.beta, delta)
         metrics = {
             "delta": delta.clone(),

@@ -43,6 +43,11 @@ class Combo(Objective):
         self.reference_free_ok = all(part.reference_free_ok or not part.needs_reference for part in self.parts)
         self.needs_tokens = any(part.needs_tokens for part in self.parts)
 
+    def observe(self, policy: PairLogps, reference: PairLogps | None) -> None:
+        """Each part observes the training batch (a stateful part, e.g. BCO's δ, updates its state)."""
+        for part in self.parts:
+            part.observe(policy, reference if part.needs_reference else None)
+
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         outputs = [part(policy, reference if part.needs_reference else None) for part in self.parts]
         losses = sum(weight * output.losses for weight, output in zip(self.weights, outputs, strict=True))

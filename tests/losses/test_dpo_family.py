@@ -185,7 +185,9 @@ CASES = {
 def test_loss_matches_the_paper_formula(case, beta):
     make, hand = CASES[case]
     policy, reference = _batch(0)
-    output = make(beta)(policy, reference)
+    objective = make(beta)
+    objective.observe(policy, reference)  # a training batch, as the module feeds it (BCO: the first δ)
+    output = objective(policy, reference)
     torch.testing.assert_close(output.losses.double(), hand(policy, reference, beta), **TOL)
     # the implicit DPO rewards β·(π − ref), per-token means for IPO's TRL variant
     scale = (policy.chosen_tokens.double(), policy.rejected_tokens.double()) if case == "ipo_per_token" else (1, 1)
@@ -320,23 +322,24 @@ def test_bco_delta_is_the_running_mean_of_training_batch_means():
         policy = _pairs(seed)
         a, b = _ratios(policy, reference)
         batch_means.append(float(torch.cat((0.5 * a, 0.5 * b)).mean()))
+        objective.observe(policy, reference)  # a training batch
         output = objective(policy, reference)
         assert output.metrics["delta"].item() == pytest.approx(sum(batch_means) / len(batch_means), rel=1e-5)
     delta = sum(batch_means) / 3
-    with torch.no_grad():  # validation: δ is used, not updated
-        policy = _pairs(14)
-        output = objective(policy, reference)
+    policy = _pairs(14)
+    output = objective(policy, reference)  # not observed (validation, a placeholder): δ is used, not updated
+    assert objective(policy, reference).metrics["delta"].item() == pytest.approx(delta, rel=1e-5)
     assert output.metrics["delta"].item() == pytest.approx(delta, rel=1e-5)
     a, b = _ratios(policy, reference)
     expected = _neg_log_sigmoid(0.5 * a - delta) + _neg_log_sigmoid(delta - 0.5 * b)
     torch.testing.assert_close(output.losses.double(), expected, **TOL)
     torch.testing.assert_close(output.metrics["chosen_loss"].double(), _neg_log_sigmoid(0.5 * a - delta).mean(), **TOL)
-    assert objective(policy, reference).metrics["delta"].item() != pytest.approx(delta, rel=1e-5)  # training again
+    objective.observe(policy, reference)  # training again
+    assert objective(policy, reference).metrics["delta"].item() != pytest.approx(delta, rel=1e-5)
 
 
 def test_bco_delta_is_zero_before_any_training_batch():
-    with torch.no_grad():
-        output = BCOPair(0.1)(_pairs(15), _pairs(16))
+    output = BCOPair(0.1)(_pairs(15), _pairs(16))  # with gradients, as a training placeholder would be called
     assert output.metrics["delta"].item() == 0.0
 
 
@@ -397,8 +400,8 @@ def test_descent_raises_chosen_and_lowers_rejected_at_zero_margin(name):
 def test_bco_gradient_direction_after_a_few_updates():
     objective = BCOPair(0.1)
     for seed in (19, 20, 21):
-        objective(_pairs(seed), _pairs(seed + 10))
-    assert objective.running_delta(torch.zeros(1), torch.zeros(1)).item() != 0.0
+        objective.observe(_pairs(seed), _pairs(seed + 10))
+    assert objective(_pairs(19), _pairs(29)).metrics["delta"].item() != 0.0
     grad_chosen, grad_rejected = _gradients(objective, -5.0, -5.0, -5.0, -5.0)
     assert grad_chosen < 0 < grad_rejected
 

@@ -1,7 +1,9 @@
 """loss=plackett_luce (DPO on whole rankings): term-by-term hand computations, DPO at K = 2, padding, permutation
-invariance, Breslow ties, top_m, gradient directions, hyperparameter checks and the conf option; and the ranking
-metrics against scipy."""
+invariance, ties (Efron and Breslow against the exact likelihood by enumeration of orders), top_m, gradient
+directions, the logged reward pairs (masked, no host sync), hyperparameter checks and the conf option; and the
+ranking metrics against scipy."""
 
+import itertools
 import math
 
 import pytest
@@ -13,10 +15,11 @@ from hydra.utils import instantiate
 from dpo_lightning.cli import CONF_DIR
 from dpo_lightning.data.rankings import ranks_from_scores
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.losses import PairLogps, RankingLogps
+from dpo_lightning.losses import LossOutput, PairLogps, RankingLogps
 from dpo_lightning.losses.dpo import DPO, dpo_loss
-from dpo_lightning.losses.plackett_luce import PlackettLuce, plackett_luce_loss
-from dpo_lightning.metrics import ranking_metrics
+from dpo_lightning.losses.plackett_luce import TIES, PlackettLuce, plackett_luce_loss
+from dpo_lightning.losses.sft import SFT
+from dpo_lightning.metrics import preference_metrics, ranking_metrics
 
 BETA = 0.1
 TOL = {"rtol": 1e-5, "atol": 1e-5}  # the loss computes in fp32 from float64 inputs
@@ -27,10 +30,10 @@ def _lse(*values: float) -> float:
     return math.log(sum(math.exp(v) for v in values))
 
 
-def _loss(policy, reference, ranks, beta=BETA, top_m=None) -> torch.Tensor:
+def _loss(policy, reference, ranks, beta=BETA, top_m=None, ties="efron") -> torch.Tensor:
     """[G] losses from nested lists (float64 in, as the module hands fp32 or wider)."""
     policy, reference = torch.tensor(policy, dtype=torch.float64), torch.tensor(reference, dtype=torch.float64)
-    losses, _ = plackett_luce_loss(policy, reference, torch.tensor(ranks), beta, top_m)
+    losses, _ = plackett_luce_loss(policy, reference, torch.tensor(ranks), beta, top_m, ties)
     return losses
 
 
@@ -83,29 +86,47 @@ def test_breslow_ties_by_hand():
         + (r[2] - _lse(r[1], r[2], r[3]))
         + 0.0  # the worst, alone
     )
-    torch.testing.assert_close(
-        _loss([r], [[0.0] * 4], [[0, 1, 1, 3]], beta=1.0).double(), torch.tensor([expected], dtype=torch.float64), **TOL
-    )
+    losses = _loss([r], [[0.0] * 4], [[0, 1, 1, 3]], beta=1.0, ties="breslow")
+    torch.testing.assert_close(losses.double(), torch.tensor([expected], dtype=torch.float64), **TOL)
 
 
-def test_all_tied_but_one():
+def test_efron_ties_by_hand():
+    # ranks [0, 1, 1, 3]: the tied pair's second draw takes half the pair's weight off the risk set {1, 2, 3}
     r = [0.3, -0.2, 0.4, -1.0]
-    # one best, three tied below it: the best from all four, each tied one from the three
-    below = -((r[0] - _lse(*r)) + sum(r[k] - _lse(r[1], r[2], r[3]) for k in (1, 2, 3)))
-    # three tied best, one worst: each tied one from all four, the worst alone
-    above = -sum(r[k] - _lse(*r) for k in (0, 1, 2))
-    losses = _loss([r, r], [[0.0] * 4] * 2, [[0, 1, 1, 1], [0, 0, 0, 3]], beta=1.0)
+    e = [math.exp(v) for v in r]
+    expected = -(
+        (r[0] - _lse(*r))  # best from all four
+        + (r[1] + r[2] - math.log(e[1] + e[2] + e[3]) - math.log(e[1] + e[2] + e[3] - (e[1] + e[2]) / 2))
+        + 0.0  # the worst, alone
+    )
+    losses = _loss([r], [[0.0] * 4], [[0, 1, 1, 3]], beta=1.0, ties="efron")
+    torch.testing.assert_close(losses.double(), torch.tensor([expected], dtype=torch.float64), **TOL)
+
+
+@pytest.mark.parametrize("ties", TIES)
+def test_all_tied_but_one(ties):
+    r = [0.3, -0.2, 0.4, -1.0]
+    e = [math.exp(v) for v in r]
+    # one best, three tied below it: the best from all four; the bottom group, in any order, has probability 1
+    below = -(r[0] - _lse(*r))
+    # three tied best, one worst: the l-th tied draw from all four less l/3 of the group (Breslow: nothing off)
+    per_peer = 1 / 3 if ties == "efron" else 0.0
+    above = -(
+        r[0] + r[1] + r[2] - sum(math.log(sum(e) - peers * per_peer * (e[0] + e[1] + e[2])) for peers in range(3))
+    )
+    losses = _loss([r, r], [[0.0] * 4] * 2, [[0, 1, 1, 1], [0, 0, 0, 3]], beta=1.0, ties=ties)
     torch.testing.assert_close(losses.double(), torch.tensor([below, above], dtype=torch.float64), **TOL)
 
 
 # --- DPO at K = 2 ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ties", TIES)
 @pytest.mark.parametrize("seed", range(3))
-def test_two_responses_are_dpo(seed):
+def test_two_responses_are_dpo(seed, ties):
     policy, reference = _random(64, 2, seed)  # slot 0 chosen
     ranks = torch.tensor([[0, 1]]).expand(64, 2)
-    losses, rewards = plackett_luce_loss(policy, reference, ranks, BETA)
+    losses, rewards = plackett_luce_loss(policy, reference, ranks, BETA, ties=ties)
     expected, chosen_rewards, rejected_rewards = dpo_loss(
         policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], BETA
     )
@@ -126,8 +147,8 @@ def test_a_pair_batch_logs_the_dpo_rewards():
     output = PlackettLuce(BETA)(RankingLogps(policy, tokens, ranks), RankingLogps(reference, tokens, ranks))
     dpo = DPO(BETA)(pairs(policy), pairs(reference))
     torch.testing.assert_close(output.losses, dpo.losses, rtol=0, atol=1e-6)
-    torch.testing.assert_close(output.chosen_rewards, dpo.chosen_rewards, rtol=0, atol=0)
-    torch.testing.assert_close(output.rejected_rewards, dpo.rejected_rewards, rtol=0, atol=0)
+    torch.testing.assert_close(output.chosen_rewards[output.reward_mask], dpo.chosen_rewards, rtol=0, atol=0)
+    torch.testing.assert_close(output.rejected_rewards[output.reward_mask], dpo.rejected_rewards, rtol=0, atol=0)
 
 
 def test_reference_none_is_a_zero_reference():
@@ -239,11 +260,132 @@ def test_the_last_places_term_is_exactly_zero():
     torch.testing.assert_close(without_last, full, rtol=0, atol=0)
 
 
-def test_top_m_keeps_a_tied_group_that_starts_inside_it_whole():
+@pytest.mark.parametrize("ties", TIES)
+def test_top_m_keeps_a_tied_group_that_starts_inside_it_whole(ties):
     r = [0.3, -0.2, 0.4, -1.0]
-    expected = -((r[0] - _lse(*r)) + (r[1] - _lse(r[1], r[2], r[3])) + (r[2] - _lse(r[1], r[2], r[3])))
-    losses = _loss([r], [[0.0] * 4], [[0, 1, 1, 3]], beta=1.0, top_m=2)
+    s_r, s_g = math.exp(r[1]) + math.exp(r[2]) + math.exp(r[3]), math.exp(r[1]) + math.exp(r[2])
+    second_draw = s_r - s_g / 2 if ties == "efron" else s_r  # the tied pair's second member's denominator
+    expected = -((r[0] - _lse(*r)) + (r[1] - math.log(s_r)) + (r[2] - math.log(second_draw)))
+    losses = _loss([r], [[0.0] * 4], [[0, 1, 1, 3]], beta=1.0, top_m=2, ties=ties)
     torch.testing.assert_close(losses.double(), torch.tensor([expected], dtype=torch.float64), **TOL)
+
+
+# --- ties against the exact likelihood -----------------------------------------------------------------------
+
+
+def _exact_nll(rewards: list[float], ranks: list[int]) -> float:
+    """−log of the exact likelihood of a ranking with ties, float64, by enumeration: the plain Plackett–Luce
+    probability of each order of the valid slots (rank ≥ 0) that the ranks allow (a tied group in any order),
+    summed."""
+    slots = [k for k, rank in enumerate(ranks) if rank >= 0]
+    total = 0.0
+    for order in itertools.permutations(slots):
+        if all(ranks[a] <= ranks[b] for a, b in itertools.pairwise(order)):
+            probability = 1.0
+            for place, k in enumerate(order):
+                probability *= math.exp(rewards[k]) / sum(math.exp(rewards[j]) for j in order[place:])
+            total += probability
+    return -math.log(total)
+
+
+def _rule_nll(rewards: list[float], ranks: list[int], ties: str) -> float:
+    """The loss by its definition, float64, one tied group G at a time above the bottom one: with R the responses
+    not ranked above G and d = |G|, −[Σ_{k∈G} r_k − Σ_{l<d} log(S_R − f_l·S_G)], f_l = l/d (Efron) or 0 (Breslow)."""
+    valid = [k for k, rank in enumerate(ranks) if rank >= 0]
+    levels = sorted({ranks[k] for k in valid})
+    total = 0.0
+    for level in levels[:-1]:  # the bottom group's factor is 1
+        group = [k for k in valid if ranks[k] == level]
+        s_r = sum(math.exp(rewards[j]) for j in valid if ranks[j] >= level)
+        s_g = sum(math.exp(rewards[k]) for k in group)
+        fractions = [peers / len(group) if ties == "efron" else 0.0 for peers in range(len(group))]
+        total -= sum(rewards[k] for k in group) - sum(math.log(s_r - f * s_g) for f in fractions)
+    return total
+
+
+def _log_orders(ranks: list[int]) -> float:
+    """Σ log d! over the tied groups above the bottom one: the orders Efron and Breslow leave out."""
+    levels = sorted({rank for rank in ranks if rank >= 0})
+    return sum(math.lgamma(ranks.count(level) + 1) for level in levels[:-1])
+
+
+def _tie_cases(middle_ties: bool, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[count, 5] float64 rewards and ranks of rankings of 2..5 responses with random ties, padded (rank −1) in
+    random slots: every ranking has a tied group above its bottom group (`middle_ties`) or none (ties, if any, at
+    the bottom only)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    while len(rows) < count:
+        size = int(torch.randint(2, 6, (), generator=generator))
+        scores = torch.randint(0, size, (size,), generator=generator).tolist()
+        ranks = [sum(other > score for other in scores) for score in scores]  # competition ranks
+        levels = sorted(set(ranks))
+        if len(levels) < 2 or any(ranks.count(level) > 1 for level in levels[:-1]) != middle_ties:
+            continue
+        slots = torch.randperm(5, generator=generator)[:size].tolist()  # where the responses sit; the rest pad
+        row = [-1] * 5
+        for slot, rank in zip(slots, ranks, strict=True):
+            row[slot] = rank
+        rows.append(row)
+    rewards = torch.randn(count, 5, generator=generator, dtype=torch.float64) * 2
+    return rewards, torch.tensor(rows)
+
+
+@pytest.mark.parametrize("ties", TIES)
+def test_ties_at_the_bottom_only_give_the_exact_likelihood(ties):
+    rewards, ranks = _tie_cases(middle_ties=False, count=200, seed=21)
+    assert sum(row.count(max(row)) > 1 for row in ranks.tolist()) > 50  # rankings whose bottom group is tied
+    losses, _ = plackett_luce_loss(rewards, torch.zeros_like(rewards), ranks, 1.0, ties=ties)
+    exact = [_exact_nll(r, k) for r, k in zip(rewards.tolist(), ranks.tolist(), strict=True)]
+    torch.testing.assert_close(losses.double(), torch.tensor(exact, dtype=torch.float64), **TOL)
+
+
+def test_efron_is_closer_to_the_exact_likelihood_than_breslow():
+    rewards, ranks = _tie_cases(middle_ties=True, count=200, seed=22)
+    efron, _ = plackett_luce_loss(rewards, torch.zeros_like(rewards), ranks, 1.0, ties="efron")
+    breslow, _ = plackett_luce_loss(rewards, torch.zeros_like(rewards), ranks, 1.0, ties="breslow")
+    for g, (r, k) in enumerate(zip(rewards.tolist(), ranks.tolist(), strict=True)):
+        exact, orders = _exact_nll(r, k), _log_orders(k)
+        efron_nll, breslow_nll = _rule_nll(r, k, "efron"), _rule_nll(r, k, "breslow")
+        assert efron[g].item() == pytest.approx(efron_nll, rel=1e-5, abs=1e-5)
+        assert breslow[g].item() == pytest.approx(breslow_nll, rel=1e-5, abs=1e-5)
+        # exact / d! ≥ Efron (Jensen: 1/∏ denominators is convex) > Breslow, per tied group, in −log
+        assert exact <= efron_nll - orders + 1e-12 and efron_nll - orders < breslow_nll - orders - 1e-4
+        assert abs(efron[g].item() - exact) < abs(breslow[g].item() - exact)
+
+
+@pytest.mark.parametrize("ties", TIES)
+def test_a_tied_bottom_pair_adds_no_gradient_of_its_own(ties):
+    # rewards (5, 1, −1), the last two tied at the bottom: the exact likelihood is P(slot 0 first) = softmax(r)_0,
+    # gradient softmax(r) − e_0 (+0.018, +0.002 on the pair); Breslow on every group gave +0.78, −0.76
+    rewards = torch.tensor([[5.0, 1.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    losses, _ = plackett_luce_loss(rewards, torch.zeros(1, 3), torch.tensor([[0, 1, 1]]), 1.0, ties=ties)
+    losses.sum().backward()
+    softmax = [math.exp(v) / sum(math.exp(u) for u in (5.0, 1.0, -1.0)) for v in (5.0, 1.0, -1.0)]
+    expected = torch.tensor([[softmax[0] - 1, softmax[1], softmax[2]]], dtype=torch.float64)
+    torch.testing.assert_close(rewards.grad, expected, **TOL)
+    assert losses.item() == pytest.approx(-math.log(softmax[0]), rel=1e-5)
+    certain, _ = plackett_luce_loss(torch.tensor([[30.0, 0.0, 0.0]]), torch.zeros(1, 3), torch.tensor([[0, 1, 1]]), 1.0)
+    assert certain.item() < 1e-6  # no floor at d·log d
+
+
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize(
+    "ranks",
+    [[0, 1, 1, 1, 1, 1, 1, 7], [0, 0, 0, 0, 0, 0, 0, 7], [0, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 4, 4, 4, 4]],
+)
+def test_large_tied_groups_and_extreme_rewards_give_no_nan(ranks, ties):
+    # tied rewards far above the rest (S_T ≈ S_R: log1p(−l/d)), far below (S_T ≪ S_R), and spread over 300 nats
+    rewards = torch.tensor(
+        [[0.0, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0, -50.0], [0.0, -60.0, 40.0, -80.0, 1.0, 2.0, 3.0, 300.0]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    losses, _ = plackett_luce_loss(rewards, torch.zeros(2, 8), torch.tensor([ranks, ranks]), 1.0, ties=ties)
+    losses.sum().backward()
+    assert torch.isfinite(losses).all() and torch.isfinite(rewards.grad).all()
+    expected = [_rule_nll(r, ranks, ties) for r in rewards.tolist()]
+    torch.testing.assert_close(losses.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-4)
 
 
 # --- gradient directions --------------------------------------------------------------------------------------
@@ -270,10 +412,89 @@ def test_objective_logs_every_label_ordered_pair():
     policy = torch.tensor([[-1.0, -2.0, -3.0, 0.0], [-4.0, -5.0, -6.0, 0.0]])
     ranks = torch.tensor([[1, 0, 2, -1], [0, 1, 1, -1]])
     output = PlackettLuce(beta=2.0)(RankingLogps(policy, torch.ones(2, 4), ranks), None)
-    assert output.losses.shape == (2,)
-    pairs = sorted(zip(output.chosen_rewards.tolist(), output.rejected_rewards.tolist(), strict=True))
+    assert output.losses.shape == (2,) and output.chosen_rewards.shape == output.reward_mask.shape == (2 * 4 * 4,)
+    logged = output.chosen_rewards[output.reward_mask], output.rejected_rewards[output.reward_mask]
+    pairs = sorted(zip(*(rewards.tolist() for rewards in logged), strict=True))
     assert pairs == sorted([(-4.0, -2.0), (-4.0, -6.0), (-2.0, -6.0), (-8.0, -10.0), (-8.0, -12.0)])
     assert not output.chosen_rewards.requires_grad
+
+
+def _old_reward_metrics(ranks: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+    """The `rewards/*` of the label-ordered pairs as logged before the mask: the pairs picked with `nonzero`."""
+    pairs = (ranks[:, :, None] >= 0) & (ranks[:, :, None] < ranks[:, None, :])  # [G, K, K]
+    groups, better, worse = pairs.nonzero(as_tuple=True)
+    chosen, rejected = rewards[groups, better], rewards[groups, worse]
+    return {
+        "rewards/chosen": chosen.mean().item(),
+        "rewards/rejected": rejected.mean().item(),
+        "rewards/accuracies": (chosen > rejected).float().mean().item(),
+        "rewards/margins": (chosen - rejected).mean().item(),
+    }
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_logged_reward_metrics_are_those_of_the_label_ordered_pairs(seed):
+    policy, reference, ranks = _batched(*_ragged(seed + 30), padding=-7.0)  # padding and ties
+    policy, reference = policy.float(), reference.float()
+    tokens = torch.ones_like(ranks)
+    output = PlackettLuce(BETA)(RankingLogps(policy, tokens, ranks), RankingLogps(reference, tokens, ranks))
+    pair_logps = PairLogps(policy[:, 0], policy[:, 1], tokens[:, 0], tokens[:, 1])  # for logps/* only
+    metrics = {name: value.item() for name, value in preference_metrics(output, pair_logps).items()}
+    _, rewards = plackett_luce_loss(policy, reference, ranks, BETA)
+    old = _old_reward_metrics(ranks, rewards)
+    assert {name: metrics[name] for name in old} == pytest.approx(old, rel=1e-6, abs=1e-7)
+    # and against a loop over the pairs, in float64
+    pairs = [
+        (float(rewards[g, i]), float(rewards[g, j]))
+        for g, row in enumerate(ranks.tolist())
+        for i, j in itertools.permutations(range(len(row)), 2)
+        if 0 <= row[i] < row[j]
+    ]
+    assert output.num_reward_pairs().item() == len(pairs) and output.num_reward_pairs().dim() == 0
+    assert metrics["rewards/margins"] == pytest.approx(sum(c - r for c, r in pairs) / len(pairs), rel=1e-5, abs=1e-6)
+    assert metrics["rewards/accuracies"] == pytest.approx(sum(c > r for c, r in pairs) / len(pairs), abs=1e-7)
+
+
+def test_masked_out_reward_pairs_never_reach_the_metrics():
+    # pairs 1 and 3 are masked out and hold NaN and inf: a masked mean by multiplication would give NaN
+    output = LossOutput(
+        torch.zeros(2),
+        torch.tensor([1.0, float("nan"), -2.0, float("inf")]),
+        torch.tensor([0.5, 0.0, 1.0, 0.0]),
+        reward_mask=torch.tensor([True, False, True, False]),
+    )
+    policy = PairLogps(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.ones(2))
+    metrics = {name: value.item() for name, value in preference_metrics(output, policy).items()}
+    assert metrics["rewards/chosen"] == pytest.approx((1.0 - 2.0) / 2)
+    assert metrics["rewards/rejected"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["rewards/accuracies"] == pytest.approx(1 / 2)
+    assert metrics["rewards/margins"] == pytest.approx((0.5 - 3.0) / 2)
+    assert output.num_reward_pairs().item() == 2
+
+
+def test_number_of_reward_pairs_without_a_mask_and_without_rewards():
+    pairs = PairLogps(-torch.rand(5), -torch.rand(5), torch.ones(5), torch.ones(5))
+    counts = [DPO(BETA)(pairs, pairs).num_reward_pairs(), SFT()(pairs, None).num_reward_pairs()]
+    assert [count.item() for count in counts] == [5, 0]
+    assert all(count.dim() == 0 and count.dtype == torch.long for count in counts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs happen on a GPU")
+def test_the_objective_and_its_reward_metrics_never_sync_with_the_host():
+    policy, reference, ranks = (t.cuda() for t in _batched(*_ragged(40), padding=0.0))
+    tokens = torch.ones_like(ranks)
+    objective, pairs = PlackettLuce(BETA), PairLogps(policy[:, 0], policy[:, 1], tokens[:, 0], tokens[:, 1])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a synchronising call raises
+    try:
+        output = objective(RankingLogps(policy, tokens, ranks), RankingLogps(reference, tokens, ranks))
+        metrics = preference_metrics(output, pairs)
+        count = output.num_reward_pairs()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    old = _old_reward_metrics(ranks, plackett_luce_loss(policy, reference, ranks, BETA)[1])
+    assert {name: metrics[name].item() for name in old} == pytest.approx(old, rel=1e-6, abs=1e-7)
+    assert count.item() == 1 + (10 - 1) + 3 + 6  # the label-ordered pairs of rankings of 2, 5 (one tie), 3, 4
 
 
 def test_fp32_losses_from_bf16():
@@ -292,6 +513,8 @@ def test_fp32_losses_from_bf16():
         (lambda: PlackettLuce(0.1, top_m=0), "loss.top_m: must be null or an integer ≥ 1, got 0"),
         (lambda: PlackettLuce(0.1, top_m=-2), "loss.top_m: must be null or an integer ≥ 1, got -2"),
         (lambda: PlackettLuce(0.1, top_m=1.5), "loss.top_m: must be null or an integer ≥ 1, got 1.5"),
+        (lambda: PlackettLuce(0.1, ties="exact"), "loss.ties: must be one of efron, breslow, got 'exact'"),
+        (lambda: PlackettLuce(0.1, ties=None), "loss.ties: must be one of efron, breslow, got None"),
     ],
 )
 def test_bad_hyperparameters_fail_in_one_line(make, message):
@@ -302,10 +525,12 @@ def test_bad_hyperparameters_fail_in_one_line(make, message):
 
 def test_conf_option_composes_and_instantiates():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["loss=plackett_luce", "beta=0.25", "loss.top_m=2"])
+        default = compose("config", overrides=["loss=plackett_luce"])
+        cfg = compose("config", overrides=["loss=plackett_luce", "beta=0.25", "loss.top_m=2", "loss.ties=breslow"])
+    assert instantiate(default.loss).ties == "efron"
     objective = instantiate(cfg.loss)
     assert type(objective) is PlackettLuce and objective.name == "plackett_luce"
-    assert objective.beta == 0.25 and objective.top_m == 2
+    assert objective.beta == 0.25 and objective.top_m == 2 and objective.ties == "breslow"
     assert objective.takes_rankings and objective.needs_reference and objective.reference_free_ok
 
 
