@@ -1,30 +1,52 @@
-"""Batch metrics logged under `train/` and `val/` (names as in the reference implementation and TRL)."""
+"""Batch metrics logged under `train/` and `val/` (names as in the reference implementation and TRL).
+
+Every metric is a mean, and says what over: a `Mean` holds the batch's value and its count — the pairs, reward
+pairs, rankings or examples it averages. Training logs the values; validation reports Σ value·count / Σ count over
+the whole validation set (and every rank), so each metric is its mean over all of what it averages, however the
+batches divide it.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from dpo_lightning.losses.base import LossOutput, PairLogps, RankingLogps
 
 
-def preference_metrics(output: LossOutput, policy: PairLogps) -> dict[str, torch.Tensor]:
+class Mean(NamedTuple):
+    """One batch metric: `value`, a mean over `count` things (a 0-dim tensor or an int; 0: nothing to average)."""
+
+    value: torch.Tensor
+    count: torch.Tensor | int
+
+
+def preference_metrics(output: LossOutput, policy: PairLogps) -> dict[str, Mean]:
     """Scalar metrics of one batch: loss, implicit-reward statistics (where the objective defines rewards),
     mean policy log-probs, and the objective's own terms.
+
+    Counts: `loss` and the objective's terms average the examples its losses are over (pairs, or a ranking
+    objective's rankings); `logps/*` the P pairs of `policy`; `rewards/*` the reward pairs the objective logs
+    (`LossOutput.num_reward_pairs`: a ranking objective's label-ordered pairs, whatever pairs `policy` holds).
 
     The `rewards/*` are means over the reward pairs that `output.reward_mask` w counts (all P without a mask), of
     the [P] chosen and rejected rewards c and r: chosen Σ w·c / Σ w, rejected Σ w·r / Σ w, accuracies
     Σ w·[c > r] / Σ w, margins Σ w·(c − r) / Σ w. Masked-out pairs are dropped with `where` (a NaN there stays out),
     and nothing here syncs with the host."""
+    examples, pairs = output.losses.numel(), policy.chosen.numel()
     metrics = {
-        "loss": output.losses.mean(),
-        "logps/chosen": policy.chosen.detach().mean(),
-        "logps/rejected": policy.rejected.detach().mean(),
+        "loss": Mean(output.losses.mean(), examples),
+        "logps/chosen": Mean(policy.chosen.detach().mean(), pairs),
+        "logps/rejected": Mean(policy.rejected.detach().mean(), pairs),
     }
     chosen, rejected, mask = output.chosen_rewards, output.rejected_rewards, output.reward_mask
     if chosen is not None and rejected is not None:
+        reward_pairs = output.num_reward_pairs()
 
-        def mean(values: torch.Tensor) -> torch.Tensor:
-            return values.mean() if mask is None else torch.where(mask, values, 0.0).sum() / mask.sum()
+        def mean(values: torch.Tensor) -> Mean:
+            value = values.mean() if mask is None else torch.where(mask, values, 0.0).sum() / mask.sum()
+            return Mean(value, reward_pairs)
 
         metrics |= {
             "rewards/chosen": mean(chosen),
@@ -32,10 +54,10 @@ def preference_metrics(output: LossOutput, policy: PairLogps) -> dict[str, torch
             "rewards/accuracies": mean((chosen > rejected).float()),
             "rewards/margins": mean(chosen - rejected),
         }
-    return metrics | output.metrics
+    return metrics | {name: Mean(value, examples) for name, value in output.metrics.items()}
 
 
-def ranking_metrics(policy: RankingLogps, reference: RankingLogps | None) -> dict[str, torch.Tensor]:
+def ranking_metrics(policy: RankingLogps, reference: RankingLogps | None) -> dict[str, Mean]:
     """Scalar metrics of how each ranking's implicit-reward order matches its labels, for G rankings of ≤ K responses.
 
         s_k     = log π(y_k|x) − log π_ref(y_k|x)     (log π alone when `reference` is None; β-free: both metrics
@@ -45,9 +67,10 @@ def ranking_metrics(policy: RankingLogps, reference: RankingLogps | None) -> dic
                                                                       mean of the pairs untied in s and in the labels
 
     "ranking/kendall_tau": τ_b averaged over the rankings where it is defined (s not all tied; labels always have two
-        levels); 0 in a batch where it is defined for none (policy = reference at step 0), so logged means stay finite.
-    "ranking/top1": mean over rankings of the share of the highest-scored responses that have rank 0 (1 or 0 unless
-        scores tie at the top: the chance of a hit when ties are broken at random).
+        levels), its count; 0 in a batch where it is defined for none (policy = reference at step 0), so logged
+        means stay finite.
+    "ranking/top1": mean over the G rankings of the share of the highest-scored responses that have rank 0 (1 or 0
+        unless scores tie at the top: the chance of a hit when ties are broken at random).
     """
     scores = policy.logps.detach().float()  # [G, K] s
     if reference is not None:
@@ -65,6 +88,6 @@ def ranking_metrics(policy: RankingLogps, reference: RankingLogps | None) -> dic
     top = masked == masked.amax(dim=-1, keepdim=True)  # [G, K] the highest-scored responses (several on a tie)
     top1 = (top & (ranks == 0)).sum(dim=-1) / top.sum(dim=-1).clamp(min=1)  # [G]
     return {
-        "ranking/kendall_tau": tau.sum() / defined.sum().clamp(min=1),
-        "ranking/top1": top1.mean(),
+        "ranking/kendall_tau": Mean(tau.sum() / defined.sum().clamp(min=1), defined.sum()),
+        "ranking/top1": Mean(top1.mean(), ranks.shape[0]),
     }

@@ -27,7 +27,7 @@ from dpo_lightning.data.collate import Batch
 from dpo_lightning.layout_support import batch_for
 from dpo_lightning.logprobs import check_supported, sum_per_sequence, token_logprobs
 from dpo_lightning.losses.base import Objective, PairLogps, RankingLogps, TokenLogps
-from dpo_lightning.metrics import preference_metrics, ranking_metrics
+from dpo_lightning.metrics import Mean, preference_metrics, ranking_metrics
 from dpo_lightning.models import build_model, compile_blocks
 from dpo_lightning.parallel import shard_causal_lm
 from dpo_lightning.reference import FrozenReference, Reference, build_reference, evaluation_reference
@@ -52,14 +52,6 @@ def pair_logps(
 def ranking_logps(logps: torch.Tensor, num_tokens: torch.Tensor, batch: Batch) -> RankingLogps:
     """[S] per-sequence values → RankingLogps [P, K] (a pair batch: P rankings of two)."""
     return RankingLogps.from_sequences(logps, num_tokens, batch.ranks, batch.groups)
-
-
-def _averaged_over(metric: str) -> str:
-    """What a batch metric is a mean over: the pairs (`logps/*`, `rewards/*`), the rankings (`ranking/*`), or the
-    examples the loss averages (the loss and the objective's own terms: pairs, or a ranking objective's rankings)."""
-    if metric.startswith(("logps/", "rewards/")):
-        return "pairs"
-    return "rankings" if metric.startswith("ranking/") else "examples"
 
 
 class DPOLitModule(L.LightningModule):
@@ -144,24 +136,22 @@ class DPOLitModule(L.LightningModule):
         metrics = preference_metrics(output, policy)
         if batch.ranked:
             metrics |= ranking_metrics(policy_rankings, reference_rankings)
-        if stage == "val":  # each metric weighed by what it is a mean over (nothing, for a placeholder)
-            counts = {"pairs": policy.chosen.numel(), "rankings": batch.num_pairs, "examples": output.losses.numel()}
-            weights = {name: 0 if batch.placeholder else counts[_averaged_over(name)] for name in metrics}
-            self._add_validation_metrics(metrics, weights)
+        if stage == "val":
+            self._add_validation_metrics(metrics, counted=not batch.placeholder)
         if batch.placeholder:  # a rank out of streaming data: same forward and backward, no effect, no metrics
             return 0.0 * output.losses.sum()
         if stage == "train":
-            self.log_dict({f"train/{name}": value for name, value in metrics.items()}, batch_size=batch.num_pairs)
+            self.log_dict({f"train/{name}": mean.value for name, mean in metrics.items()}, batch_size=batch.num_pairs)
         return output.losses.mean() * batch.loss_weight  # its rank's share of the step (streaming DDP)
 
-    def _add_validation_metrics(self, metrics: dict[str, torch.Tensor], weights: dict[str, int]) -> None:
-        """Accumulate Σ metric × weight and Σ weight per metric for `on_validation_epoch_end`."""
-        for name, value in metrics.items():
+    def _add_validation_metrics(self, metrics: dict[str, Mean], counted: bool) -> None:
+        """Accumulate Σ value × count and Σ count per metric for `on_validation_epoch_end` (a metric with count 0,
+        or every metric of a placeholder batch, adds zeros: its rank still reports every metric's total)."""
+        for name, (value, count) in metrics.items():
             total = self._validation_sums.setdefault(name, torch.zeros(2, device=self.device))
-            if weights[name]:  # a placeholder batch adds nothing, but its rank still reports every metric's total
-                self._validation_sums[name] = (
-                    total + torch.stack([value.detach().float(), value.new_ones(())]) * weights[name]
-                )
+            count = torch.as_tensor(count if counted else 0, dtype=torch.float32, device=self.device)
+            weighted = torch.where(count > 0, value.detach().float() * count, 0.0)  # a mean over nothing adds 0
+            self._validation_sums[name] = total + torch.stack([weighted, count])
 
     def on_validation_epoch_start(self) -> None:
         self._validation_sums: dict[str, torch.Tensor] = {}  # name → [Σ metric × weight, Σ weight]
@@ -174,7 +164,8 @@ class DPOLitModule(L.LightningModule):
         if not names:
             return
         totals = self.trainer.strategy.reduce(torch.stack([self._validation_sums[n] for n in names]), reduce_op="sum")
-        self.log_dict({f"val/{name}": totals[i, 0] / totals[i, 1] for i, name in enumerate(names)})
+        # a count of 0 (a metric defined nowhere, e.g. Kendall's τ while policy = reference) logs 0, not 0/0
+        self.log_dict({f"val/{name}": totals[i, 0] / totals[i, 1].clamp(min=1) for i, name in enumerate(names)})
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from functools import partial
 
 import pytest
+import scipy.stats
 import torch
 from conftest import EOS, PAD, VOCAB, random_rankings, tiny_causal_lm
 from omegaconf import OmegaConf
@@ -379,9 +381,12 @@ def test_plackett_luce_cannot_be_a_part_of_combo():
         Combo([DPOObjective(beta=0.1), PlackettLuce(beta=0.1)], [1.0, 1.0])
 
 
-def test_validation_metrics_are_means_over_all_pairs_and_rankings_whatever_the_batches():
-    """Batches of rankings of 2 (1 pair each) and of 4 (6 pairs each): val/rewards/accuracies is the accuracy over
-    every validation pair, val/ranking/top1 the share over every ranking, val/loss the mean over every ranking."""
+@pytest.mark.parametrize("mode", ["all", "adjacent", "best_vs_rest"])
+def test_validation_metrics_are_means_over_all_pairs_and_rankings_whatever_the_batches(mode):
+    """Batches of rankings of 2 (1 pair each) and of 5 (up to 10 pairs each): val/rewards/accuracies is the accuracy
+    over every label-ordered validation pair (the pairs the loss's rewards cover, whatever `data.ranking_pairs`
+    lists), val/logps/chosen the mean over the listed pairs, val/ranking/top1 the share over every ranking,
+    val/ranking/kendall_tau the mean over the rankings where τ is defined, val/loss the mean over every ranking."""
     from types import SimpleNamespace
 
     module = _module(PLACKETT_LUCE)
@@ -389,12 +394,14 @@ def test_validation_metrics_are_means_over_all_pairs_and_rankings_whatever_the_b
     logged = {}
     module.log_dict = lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()})
     rankings = [random_rankings(6, seed=11, max_k=2), [r for r in random_rankings(40, seed=12) if len(r.ranks) == 5]]
+    same = [dataclasses.replace(r, response_ids=[r.response_ids[0]] * 5) for r in rankings[1][:2]]  # τ undefined
+    rankings[1] += same
     module.on_validation_epoch_start()
-    for batch in rankings:
-        module.validation_step(collate_packed(batch, PAD), 0)
+    for batch in rankings:  # padded: identical responses get bit-identical log-probs, so their rewards tie exactly
+        module.validation_step(collate_padded(batch, PAD, ranking_pairs=mode), 0)
     module.on_validation_epoch_end()
 
-    correct, pairs, top1, losses = 0, 0, [], []
+    correct, pairs, top1, losses, chosen_logps, taus = 0, 0, [], [], [], []
     with torch.no_grad():
         for batch in rankings:
             policy = _padded_rankings(module.policy, batch)
@@ -403,14 +410,20 @@ def test_validation_metrics_are_means_over_all_pairs_and_rankings_whatever_the_b
                 rewards = (policy[g] - reference[g])[: len(ranking.ranks)]
                 for better, worse in ranking_pairs(ranking.ranks, "all"):
                     correct, pairs = correct + int(rewards[better] > rewards[worse]), pairs + 1
-                best = [i for i, r in enumerate(ranking.ranks) if r == 0]
-                top1.append(float(int(rewards.argmax()) in best))
+                chosen_logps += [float(policy[g, better]) for better, _ in ranking_pairs(ranking.ranks, mode)]
+                top = [i for i, reward in enumerate(rewards.tolist()) if reward == rewards.max()]
+                top1.append(sum(ranking.ranks[i] == 0 for i in top) / len(top))  # ties at the top: the chance of a hit
+                tau = scipy.stats.kendalltau(rewards.tolist(), [-rank for rank in ranking.ranks]).statistic
+                taus += [] if math.isnan(tau) else [tau]
             ranks = torch.full(policy.shape, -1, dtype=torch.long)
             for g, ranking in enumerate(batch):
                 ranks[g, : len(ranking.ranks)] = torch.tensor(ranking.ranks)
             losses += plackett_luce_loss(policy, reference, ranks, beta=0.1)[0].tolist()
     assert logged["val/rewards/accuracies"] == pytest.approx(correct / pairs, abs=1e-6)
+    assert logged["val/logps/chosen"] == pytest.approx(sum(chosen_logps) / len(chosen_logps), rel=1e-5)
     assert logged["val/ranking/top1"] == pytest.approx(sum(top1) / len(top1), abs=1e-6)
+    assert 0 < len(taus) < len(top1)  # τ undefined in some rankings: its mean is over the others
+    assert logged["val/ranking/kendall_tau"] == pytest.approx(sum(taus) / len(taus), abs=1e-5)
     assert logged["val/loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
 
 

@@ -439,7 +439,7 @@ def test_logged_reward_metrics_are_those_of_the_label_ordered_pairs(seed):
     tokens = torch.ones_like(ranks)
     output = PlackettLuce(BETA)(RankingLogps(policy, tokens, ranks), RankingLogps(reference, tokens, ranks))
     pair_logps = PairLogps(policy[:, 0], policy[:, 1], tokens[:, 0], tokens[:, 1])  # for logps/* only
-    metrics = {name: value.item() for name, value in preference_metrics(output, pair_logps).items()}
+    metrics = {name: mean.value.item() for name, mean in preference_metrics(output, pair_logps).items()}
     _, rewards = plackett_luce_loss(policy, reference, ranks, BETA)
     old = _old_reward_metrics(ranks, rewards)
     assert {name: metrics[name] for name in old} == pytest.approx(old, rel=1e-6, abs=1e-7)
@@ -464,7 +464,7 @@ def test_masked_out_reward_pairs_never_reach_the_metrics():
         reward_mask=torch.tensor([True, False, True, False]),
     )
     policy = PairLogps(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.ones(2))
-    metrics = {name: value.item() for name, value in preference_metrics(output, policy).items()}
+    metrics = {name: mean.value.item() for name, mean in preference_metrics(output, policy).items()}
     assert metrics["rewards/chosen"] == pytest.approx((1.0 - 2.0) / 2)
     assert metrics["rewards/rejected"] == pytest.approx((0.5 + 1.0) / 2)
     assert metrics["rewards/accuracies"] == pytest.approx(1 / 2)
@@ -493,7 +493,7 @@ def test_the_objective_and_its_reward_metrics_never_sync_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     old = _old_reward_metrics(ranks, plackett_luce_loss(policy, reference, ranks, BETA)[1])
-    assert {name: metrics[name].item() for name in old} == pytest.approx(old, rel=1e-6, abs=1e-7)
+    assert {name: metrics[name].value.item() for name in old} == pytest.approx(old, rel=1e-6, abs=1e-7)
     assert count.item() == 1 + (10 - 1) + 3 + 6  # the label-ordered pairs of rankings of 2, 5 (one tie), 3, 4
 
 
@@ -572,7 +572,8 @@ def test_kendall_tau_is_scipys_tau_b(seed):
         defined = [tau for tau in taus if not math.isnan(tau)]
         assert len(defined) < len(taus)
         metrics = ranking_metrics(policy_batch, reference_batch if with_reference else None)
-        assert metrics["ranking/kendall_tau"].item() == pytest.approx(sum(defined) / len(defined), abs=1e-6)
+        assert metrics["ranking/kendall_tau"].value.item() == pytest.approx(sum(defined) / len(defined), abs=1e-6)
+        assert int(metrics["ranking/kendall_tau"].count) == len(defined)  # a mean over the rankings it is defined in
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -584,7 +585,7 @@ def test_top1_against_a_loop(seed):
         top = [k for k, score in enumerate(scores) if score == max(scores)]
         hits.append(sum(ranks[k] == 0 for k in top) / len(top))  # the hit rate when ties are broken at random
     metrics = ranking_metrics(policy_batch, reference_batch)
-    assert metrics["ranking/top1"].item() == pytest.approx(sum(hits) / len(hits), abs=1e-6)
+    assert metrics["ranking/top1"].value.item() == pytest.approx(sum(hits) / len(hits), abs=1e-6)
 
 
 def test_ranking_metrics_of_distinct_scores():
@@ -593,14 +594,14 @@ def test_ranking_metrics_of_distinct_scores():
     metrics = ranking_metrics(policy, None)
     # ranking 0: scores agree with the labels on all 3 pairs (τ = 1); ranking 1: score order 0 > 1 > 2 > 3 against
     # label order 1 > 2 > 0 > 3: pairs (0,1) (0,2) discordant, the other 4 concordant: τ = (4 − 2)/6
-    assert metrics["ranking/kendall_tau"].item() == pytest.approx((1 + 2 / 6) / 2)
-    assert metrics["ranking/top1"].item() == pytest.approx(0.5)
-    assert all(not value.requires_grad for value in metrics.values())
+    assert metrics["ranking/kendall_tau"].value.item() == pytest.approx((1 + 2 / 6) / 2)
+    assert metrics["ranking/top1"].value.item() == pytest.approx(0.5)
+    assert all(not mean.value.requires_grad for mean in metrics.values())
 
 
 def test_ranking_metrics_with_policy_equal_to_reference_are_finite():
     logps = torch.tensor([[-3.0, -1.0, -2.0]], requires_grad=True)
     policy = RankingLogps(logps, torch.ones(1, 3), torch.tensor([[1, 0, 2]]))
     metrics = ranking_metrics(policy, RankingLogps(logps.detach(), torch.ones(1, 3), policy.ranks))
-    assert metrics["ranking/kendall_tau"].item() == 0.0  # undefined in every ranking
-    assert metrics["ranking/top1"].item() == pytest.approx(1 / 3)  # all three tie at the top, one has rank 0
+    assert metrics["ranking/kendall_tau"] == (0.0, 0)  # undefined in every ranking: a mean over none
+    assert metrics["ranking/top1"].value.item() == pytest.approx(1 / 3)  # all three tie at the top, one has rank 0
