@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from dpo_lightning.data.collate import Batch, Collate, Example, collate_function, placeholder_batch
+from dpo_lightning.data.fingerprint import Versioned
 from dpo_lightning.data.prepare import (
     REPORT_COLUMNS,
     PairPreparer,
@@ -145,7 +146,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ConfigError("model.tokenizer", "has no chat template, and this task's rows are conversations")
         if is_ranked(self.source) and self.rankings == "pairs":
             rows = rows.map(
-                partial(flatten_rankings, mode=self.ranking_pairs),
+                Versioned(partial(flatten_rankings, mode=self.ranking_pairs)),
                 batched=True,
                 remove_columns=list(row_features(conversational, ranked=True)),
                 features=row_features(conversational),
@@ -155,7 +156,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def _prepare(self, split: str) -> datasets.Dataset:
         """Map-style: prepare every row of `split` once; keep the usable pairs, report or count the rest."""
         rows = self._rows(split)
-        prepared = rows.map(self.preparer, batched=True, remove_columns=rows.column_names, desc=f"tokenizing {split}")
+        prepared = rows.map(
+            Versioned(self.preparer), batched=True, remove_columns=rows.column_names, desc=f"tokenizing {split}"
+        )
         report = RowReport(self.source.origin(split), self.skip_bad_rows)
         usable = report.account(prepared.select_columns(list(REPORT_COLUMNS)).to_dict())
         if report.rows == 0:
@@ -248,7 +251,8 @@ class PreferenceDataModule(L.LightningDataModule):
         return list(pairs.values())
 
     def report(self) -> dict[str, dict[str, Any]]:
-        """Per split: usable rows, skipped and filtered rows per reason, truncations — over all ranks.
+        """Per split: usable rows, skipped and filtered rows per reason, truncations, duplicate pairs and rows whose
+        text holds a special token's text (`RowReport`) — over all ranks.
 
         Map-style counts the whole split; streaming counts the rows of the latest pass (a collective call:
         every rank must make it)."""

@@ -10,13 +10,15 @@ A row that fails keeps its place with its `problem` and no token ids; `RowReport
 place, whether that stops the run (an error naming dataset, split, row and field, or for an unreadable line
 its file and line) or is skipped and counted (`skip_bad_rows`). Rows that the task's recipe filters out are
 always skipped and counted. Usable rows that repeat an earlier usable row's prompt, chosen and rejected are
-kept and counted (`duplicate_pairs`).
+kept and counted (`duplicate_pairs`), and so are usable rows whose text holds a special token's text, encoded as
+text (`rows_with_special_token_text`, see `tokenize.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -24,15 +26,32 @@ from transformers import PreTrainedTokenizerBase
 from dpo_lightning.data.chat import render
 from dpo_lightning.data.rankings import ranking_pairs, ranks_from_scores
 from dpo_lightning.data.sources.base import FILTERED, RowProblem
-from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizedRanking, Truncation
+from dpo_lightning.data.tokenize import PairTokenizer, Rendered, Text, TokenizedPair, TokenizedRanking, Truncation
 from dpo_lightning.data.validate import ranked_problem, triple_problem
 from dpo_lightning.errors import DataError
 
 # Read by RowReport.
-REPORT_COLUMNS: tuple[str, ...] = ("row", "problem", "message", "prompt_truncated", "responses_truncated", "pair_key")
+REPORT_COLUMNS: tuple[str, ...] = (
+    "row",
+    "problem",
+    "message",
+    "prompt_truncated",
+    "responses_truncated",
+    "pair_key",
+    "special_token_text",
+)
 # Two different responses that became the same token ids: cut to the same tokens, or encoded alike.
 IDENTICAL_AFTER_TRUNCATION = "chosen: identical to rejected after truncation"
 IDENTICAL_TOKENS = "chosen: identical to rejected as tokens"
+
+
+def _text_parts(texts: tuple) -> Iterator[Text]:
+    """The texts among a row's rendered parts: a ranking's responses one by one, its scores left out."""
+    for part in texts:
+        if isinstance(part, list):
+            yield from (item for item in part if isinstance(item, (str, Rendered)))
+        else:
+            yield part
 
 
 def pair_key(*texts: Any) -> str:
@@ -77,6 +96,8 @@ class Preparer:
         out["prompt_truncated"] = [i in encoded and encoded[i][1].prompt for i in positions]
         out["responses_truncated"] = [i in encoded and encoded[i][1].responses for i in positions]
         out["pair_key"] = [pair_key(*texts[i]) if i in encoded else "" for i in positions]
+        special_text = self.pair_tokenizer.has_special_text
+        out["special_token_text"] = [i in encoded and any(map(special_text, _text_parts(texts[i]))) for i in positions]
         return out
 
     def _problem(self, *values: Any) -> str:
@@ -112,11 +133,12 @@ class PairPreparer(Preparer):
     def _problem(self, prompt: Any, chosen: Any, rejected: Any) -> str:
         return triple_problem(prompt, chosen, rejected)
 
-    def _texts(self, prompt: Any, chosen: Any, rejected: Any) -> tuple[str, str, str]:
+    def _texts(self, prompt: Any, chosen: Any, rejected: Any) -> tuple[Text, Text, Text]:
         if isinstance(prompt, str):
             return prompt, chosen, rejected
-        prompt_text, chosen_text = render(self.tokenizer, prompt, chosen)
-        _, rejected_text = render(self.tokenizer, prompt, rejected)
+        specials = self.pair_tokenizer.specials
+        prompt_text, chosen_text = render(self.tokenizer, prompt, chosen, specials, "chosen")
+        _, rejected_text = render(self.tokenizer, prompt, rejected, specials, "rejected")
         return prompt_text, chosen_text, rejected_text
 
     def _encode(self, texts: list[tuple]) -> list[tuple[TokenizedPair, Truncation]]:
@@ -152,10 +174,14 @@ class RankingPreparer(Preparer):
     def _problem(self, prompt: Any, responses: Any, scores: Any) -> str:
         return ranked_problem(prompt, responses, scores)
 
-    def _texts(self, prompt: Any, responses: list[Any], scores: list[float]) -> tuple[str, list[str], list[float]]:
+    def _texts(self, prompt: Any, responses: list[Any], scores: list[float]) -> tuple[Text, list[Text], list[float]]:
         if isinstance(prompt, str):
             return prompt, responses, scores
-        rendered = [render(self.tokenizer, prompt, response) for response in responses]
+        specials = self.pair_tokenizer.specials
+        rendered = [
+            render(self.tokenizer, prompt, response, specials, f"responses[{index}]")
+            for index, response in enumerate(responses)
+        ]
         return rendered[0][0], [text for _, text in rendered], scores
 
     def _encode(self, texts: list[tuple]) -> list[tuple[TokenizedRanking, Truncation]]:
@@ -193,8 +219,9 @@ def flatten_rankings(rows: dict[str, list], mode: str) -> dict[str, list]:
 
 
 class RowReport:
-    """What happened to one split's rows: usable pairs, skipped and filtered rows per reason, truncations, and
-    duplicate pairs (among the rows this report accounts, or all that share `seen_pairs`)."""
+    """What happened to one split's rows: usable pairs, skipped and filtered rows per reason, truncations, duplicate
+    pairs (among the rows this report accounts, or all that share `seen_pairs`), and usable rows whose text holds a
+    special token's text."""
 
     def __init__(self, origin: str, skip_bad_rows: bool, seen_pairs: set[str] | None = None) -> None:
         self.origin = origin
@@ -206,6 +233,7 @@ class RowReport:
         self.truncated_prompts = 0
         self.truncated_responses = 0
         self.duplicate_pairs = 0
+        self.rows_with_special_token_text = 0
 
     def account(self, prepared: dict[str, list]) -> list[bool]:
         """Count a prepared batch's rows (the REPORT_COLUMNS); raise `DataError` naming its first bad row (its
@@ -226,6 +254,9 @@ class RowReport:
         self.rows += sum(usable)
         self.truncated_prompts += sum(f for f, ok in zip(prepared["prompt_truncated"], usable, strict=True) if ok)
         self.truncated_responses += sum(f for f, ok in zip(prepared["responses_truncated"], usable, strict=True) if ok)
+        self.rows_with_special_token_text += sum(
+            f for f, ok in zip(prepared["special_token_text"], usable, strict=True) if ok
+        )
         for key, ok in zip(prepared["pair_key"], usable, strict=True):
             if ok:
                 self.duplicate_pairs += key in self.seen_pairs
@@ -240,6 +271,7 @@ class RowReport:
             "truncated_prompts": self.truncated_prompts,
             "truncated_responses": self.truncated_responses,
             "duplicate_pairs": self.duplicate_pairs,
+            "rows_with_special_token_text": self.rows_with_special_token_text,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -250,3 +282,4 @@ class RowReport:
         self.truncated_prompts += other["truncated_prompts"]
         self.truncated_responses += other["truncated_responses"]
         self.duplicate_pairs += other["duplicate_pairs"]
+        self.rows_with_special_token_text += other["rows_with_special_token_text"]

@@ -13,10 +13,19 @@ so each response is cut exactly as it would be in a pair with the ranking's long
 So a response is never empty: it holds at least its EOS, and a cut leaves it `max_length − max_prompt_length`
 ≥ 1 tokens (`PairTokenizer` refuses limits without that room). Two different responses can become equal
 token ids when cut; the data module reports such a pair (`prepare.py`).
+
+Data text stays text. A special token's text inside data (`<|eos|>`, `</s>`, `<|im_start|>`, … — whatever the
+tokenizer marks special) is encoded as ordinary text, never as that token, so no row can end a response early or
+forge a chat turn: a text (`str`) is encoded with the tokenizer's `split_special_tokens=True`; a conversation
+rendered with the chat template (`Rendered`, from `chat.render`) keeps the template's own markup as special tokens,
+and only the special-token texts that came from its messages are encoded as text. Text without special-token
+texts gets exactly the ids it always had. `task.prompt_suffix` is matched against data prompts, so it is data
+text too, encoded like the prompt it ends.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +35,26 @@ from dpo_lightning.errors import ConfigError
 
 TruncationMode = Literal["keep_start", "keep_end"]
 TRUNCATION_MODES: tuple[str, ...] = ("keep_start", "keep_end")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A conversation as the chat template rendered it: its special-token texts are the template's markup (encoded
+    as special tokens), except those at the `forged` character spans [(start, end)], which came from the messages'
+    content (encoded as text)."""
+
+    text: str
+    forged: tuple[tuple[int, int], ...] = ()
+
+    def cut(self, at: int) -> tuple[Rendered, Rendered]:
+        """(text[:at], text[at:]), each with the forged spans that lie wholly in it (a span cut in two is no
+        special token's text any more)."""
+        head = tuple((start, end) for start, end in self.forged if end <= at)
+        tail = tuple((start - at, end - at) for start, end in self.forged if start >= at)
+        return Rendered(self.text[:at], head), Rendered(self.text[at:], tail)
+
+
+Text = str | Rendered  # data text, or a rendered conversation
 
 
 @dataclass(frozen=True)
@@ -110,9 +139,9 @@ def truncate(
 
 
 class PairTokenizer:
-    """Texts → (TokenizedPair, Truncation) (`rankings`: → (TokenizedRanking, Truncation)): encode without special
-    tokens, append EOS to each response, truncate. A prompt ending with `prompt_suffix` is encoded as body +
-    suffix, and the suffix is protected.
+    """Texts → (TokenizedPair, Truncation) (`rankings`: → (TokenizedRanking, Truncation)): encode without adding
+    special tokens (and data text as text: module docstring), append EOS to each response, truncate. A prompt ending
+    with `prompt_suffix` is encoded as body + suffix, and the suffix is protected.
     """
 
     def __init__(
@@ -129,38 +158,105 @@ class PairTokenizer:
                 "task.max_prompt_length", f"must be in [1, task.max_length={max_length}), got {max_prompt_length}"
             )
         self.tokenizer = tokenizer
+        # The special tokens: the added tokens marked special, those that `split_special_tokens` encodes as text.
+        special = {i: token.content for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        self.special_ids = set(special)
+        # Any special token's text, the longest first (it wins over a token it contains); nothing if there are none.
+        texts = sorted(special.values(), key=len, reverse=True)
+        self.specials = re.compile("|".join(re.escape(text) for text in texts) or "(?!)")
+        self.newline_ids = self._plain(["\n"])[0]  # what `_inner_text` encodes a text after
         self.limits = {
             "max_length": max_length,
             "max_prompt_length": max_prompt_length,
             "truncation_mode": truncation_mode,
         }
         self.prompt_suffix = prompt_suffix
-        self.suffix_ids = self._encode([prompt_suffix])[0] if prompt_suffix else []
-        if len(self.suffix_ids) >= max_prompt_length:
+        suffix_length = len(self._encode([prompt_suffix])[0]) if prompt_suffix else 0
+        if suffix_length >= max_prompt_length:
             raise ConfigError(
                 "task.prompt_suffix",
-                f"is {len(self.suffix_ids)} tokens, which leaves no room in max_prompt_length={max_prompt_length}",
+                f"is {suffix_length} tokens, which leaves no room in max_prompt_length={max_prompt_length}",
             )
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    def has_special_text(self, text: Text) -> bool:
+        """Whether data text holds a special token's text (which it encodes as text): anywhere in a text, in the
+        messages of a rendered conversation."""
+        return bool(text.forged) if isinstance(text, Rendered) else self.specials.search(text) is not None
 
-    def _prompts(self, prompts: list[str]) -> list[tuple[list[int], int]]:
+    def _encode(self, texts: list[Text]) -> list[list[int]]:
+        """[len(texts)] token ids of each text (module docstring): a text with special tokens split, a rendered
+        conversation with its template's special tokens, its forged ones replaced by their text's ids."""
+        ids: list[list[int]] = [[] for _ in texts]
+        plain = [i for i, text in enumerate(texts) if isinstance(text, str)]
+        for i, encoded in zip(plain, self._plain([texts[i] for i in plain]), strict=True):
+            ids[i] = encoded
+        rendered = [i for i, text in enumerate(texts) if isinstance(text, Rendered)]
+        if rendered:
+            forged = any(texts[i].forged for i in rendered)  # offsets only where needed: not every tokenizer has them
+            if forged and not self.tokenizer.is_fast:
+                raise ConfigError(
+                    "model.tokenizer",
+                    "is a Python (slow) tokenizer, without the character offsets that keep a special token's text in "
+                    "a message as text; use a fast one",
+                )
+            encoded = self.tokenizer(
+                [texts[i].text for i in rendered],
+                add_special_tokens=False,
+                split_special_tokens=False,
+                return_offsets_mapping=forged,
+            )
+            for k, i in enumerate(rendered):
+                ids[i] = encoded["input_ids"][k]
+                if texts[i].forged:
+                    ids[i] = self._forged_as_text(ids[i], encoded["offset_mapping"][k], texts[i])
+        return ids
+
+    def _plain(self, texts: list[str]) -> list[list[int]]:
+        """[len(texts)] ids of each text as plain text: special-token texts encoded like any other text."""
+        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else []
+
+    def _forged_as_text(self, ids: list[int], offsets: list[tuple[int, int]], text: Rendered) -> list[int]:
+        """`ids` [T] of `text` (character `offsets` [T]), each special token from a forged span replaced by the ids
+        of its text. The ids around it stay as they are: the tokenizer splits the text at special tokens anyway."""
+        out: list[int] = []
+        for token, (start, end) in zip(ids, offsets, strict=True):
+            if token in self.special_ids and any(a < end and start < b for a, b in text.forged):
+                out += self._inner_text(text.text[start:end])
+            else:
+                out.append(token)
+        return out
+
+    def _inner_text(self, text: str) -> list[int]:
+        """The plain-text ids of `text` inside a longer text. At the start of a text a SentencePiece-style tokenizer
+        adds a word-start marker ("▁") that does not belong there, so `text` is encoded after a newline whose ids are
+        then dropped (as transformers' `sanitize_control_tokens` does); on its own if the newline merges with it."""
+        after_newline = self._plain(["\n" + text])[0]
+        if after_newline[: len(self.newline_ids)] == self.newline_ids:
+            return after_newline[len(self.newline_ids) :]
+        return self._plain([text])[0]
+
+    def _prompts(self, prompts: list[Text]) -> list[tuple[list[int], int]]:
         """Each prompt's ids and its protected suffix length: a prompt ending with `prompt_suffix` is encoded as
         body + suffix, so that the suffix's tokens do not depend on the text before it."""
         suffix = self.prompt_suffix
-        has_suffix = [bool(suffix) and prompt.endswith(suffix) for prompt in prompts]
-        bodies = [
-            prompt[: len(prompt) - len(suffix)] if cut else prompt
-            for prompt, cut in zip(prompts, has_suffix, strict=True)
-        ]
-        return [
-            (body_ids + self.suffix_ids, len(self.suffix_ids)) if cut else (body_ids, 0)
-            for body_ids, cut in zip(self._encode(bodies), has_suffix, strict=True)
-        ]
+        parts: list[tuple[Text, Text | None]] = []  # (body, suffix or None)
+        for prompt in prompts:
+            text = prompt.text if isinstance(prompt, Rendered) else prompt
+            if not (suffix and text.endswith(suffix)):
+                parts.append((prompt, None))
+            elif isinstance(prompt, Rendered):
+                parts.append(prompt.cut(len(text) - len(suffix)))
+            else:
+                parts.append((prompt[: len(text) - len(suffix)], suffix))
+        suffixes = iter(self._encode([tail for _, tail in parts if tail is not None]))
+        out = []
+        for body_ids, (_, tail) in zip(self._encode([body for body, _ in parts]), parts, strict=True):
+            tail_ids = next(suffixes) if tail is not None else []
+            out.append((body_ids + tail_ids, len(tail_ids)))
+        return out
 
     def __call__(
-        self, prompts: list[str], chosen: list[str], rejected: list[str]
+        self, prompts: list[Text], chosen: list[Text], rejected: list[Text]
     ) -> list[tuple[TokenizedPair, Truncation]]:
         eos = self.tokenizer.eos_token_id
         return [
@@ -171,7 +267,7 @@ class PairTokenizer:
         ]
 
     def rankings(
-        self, prompts: list[str], responses: list[list[str]], ranks: list[list[int]]
+        self, prompts: list[Text], responses: list[list[Text]], ranks: list[list[int]]
     ) -> list[tuple[TokenizedRanking, Truncation]]:
         """Rankings: each prompt with its K responses (texts) and their ranks."""
         eos = self.tokenizer.eos_token_id

@@ -300,6 +300,7 @@ def test_skip_bad_rows_skips_and_counts_every_case_per_reason(source, streaming,
         "truncated_prompts": 0,
         "truncated_responses": 0,
         "duplicate_pairs": 0,
+        "rows_with_special_token_text": 0,
     }
     assert report["validation"]["rows"] == 2 and report["validation"]["skipped"] == {}
     if not streaming:  # the usable rows, in file order, and nothing else
@@ -340,6 +341,7 @@ def test_long_prompts_and_duplicate_pairs_are_kept_and_counted(source, streaming
         "truncated_prompts": 1,
         "truncated_responses": 0,
         "duplicate_pairs": 2,
+        "rows_with_special_token_text": 0,
     }
     if not streaming:
         lengths = [len(ids) for ids in datamodule.pairs["train"]["prompt_ids"]]
@@ -351,6 +353,7 @@ def test_duplicates_are_counted_across_the_reports_that_share_seen_pairs():
     seen: set[str] = set()
     chunk = {"row": [0, 1], "problem": ["", ""], "message": ["", ""], "pair_key": ["a", "b"]}
     chunk |= {"prompt_truncated": [False, False], "responses_truncated": [False, False]}
+    chunk |= {"special_token_text": [False, False]}
     first, second, alone = RowReport("o", False, seen), RowReport("o", False, seen), RowReport("o", False)
     first.account(chunk)
     second.account(chunk | {"pair_key": ["b", "c"]})
@@ -387,6 +390,7 @@ def test_responses_are_never_empty_at_the_smallest_response_budget(streaming, tm
         "truncated_prompts": 2,
         "truncated_responses": 2,
         "duplicate_pairs": 1,
+        "rows_with_special_token_text": 0,
     }
     if not streaming:
         encode = tokenizer()

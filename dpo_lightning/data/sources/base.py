@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import datasets
 
+from dpo_lightning.data.fingerprint import Versioned
 from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR, check_data_file, first_line, read_files
 from dpo_lightning.errors import ConfigError, DataError
 
@@ -99,6 +100,7 @@ class RowSource:
     module docstring; a subclass implements `read`, `parse` and `origin`."""
 
     required_columns: tuple[str, ...] = ()  # raw columns that `parse` reads
+    text_columns: tuple[str, ...] = ()  # raw columns of text: read as text from a CSV file ("42" stays "42")
     conversational: bool = False  # True: `parse` returns message lists (normalised with `chat.as_messages`)
     ranked: bool = False  # True: `parse` returns {"prompt", "responses", "scores"} (RANKED_COLUMNS)
 
@@ -120,7 +122,7 @@ class RowSource:
         self.check_columns(rows, self.origin(split))
         features = row_features(self.conversational, self.ranked)
         parse = partial(self._parse_row, origin=self.origin(split))
-        parsed = rows.map(parse, with_indices=True, remove_columns=columns, features=features)
+        parsed = rows.map(Versioned(parse), with_indices=True, remove_columns=columns, features=features)
         return parsed if columns is not None else parsed.select_columns(list(features))
 
     def check_columns(
@@ -197,7 +199,7 @@ class HubSource(RowSource):
 
     def read(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
         if split in self.data_files:
-            return read_files(self.data_files[split], streaming)
+            return read_files(self.data_files[split], streaming, self.text_columns)
         if split not in self.splits:
             raise ConfigError("task.splits", f"no {split!r} split configured; have {sorted(self.splits)}")
         try:

@@ -12,6 +12,11 @@ counts it under its reason). A file without such lines is read as it is. Blank l
 A `.json` file holding one JSON array and a `.csv` file cannot be read record by record (a CSV record may span
 lines), so malformed JSON or invalid UTF-8 there stops the run with an error naming file and line, skip or not.
 Parquet files are read as they are (Arrow checks UTF-8 when they are written).
+
+A CSV file has no types: its text columns (the source's `text_columns`) are read as their text — "42", "3.10",
+"NA" and "None" stay those strings, where pandas would make them numbers or missing — and only an empty field is
+missing; its other columns as pandas infers them (numbers, with pandas' usual missing-value markers). JSON and
+Parquet files keep the types they hold: a number where text belongs is a bad row ("expected a string, got int").
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import functools
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES  # the fields pandas reads as missing by default
 
 from dpo_lightning.errors import ConfigError, DataError
 
@@ -53,16 +60,36 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def read_files(files: list[Path], streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+def read_files(
+    files: list[Path], streaming: bool, text_columns: Collection[str] = ()
+) -> datasets.Dataset | datasets.IterableDataset:
     """Local files (shards of one split) with the `datasets` builder their suffix names; JSON Lines files with
-    unreadable lines are read from copies holding stand-ins for those lines (module docstring)."""
+    unreadable lines are read from copies holding stand-ins for those lines, CSV files' `text_columns` as text
+    (module docstring)."""
     readable = [_readable(file, *_version(file)) for file in files]
     try:
+        options = _csv_options(readable, text_columns) if files[0].suffix == ".csv" else {}
         return datasets.load_dataset(
-            BUILDERS[files[0].suffix], data_files=[str(f) for f in readable], split="train", streaming=streaming
+            BUILDERS[files[0].suffix],
+            data_files=[str(f) for f in readable],
+            split="train",
+            streaming=streaming,
+            **options,
         )
-    except Exception as error:  # pyarrow / datasets parse errors: name the files, keep their message
+    except Exception as error:  # pyarrow / pandas / datasets parse errors: name the files, keep their message
         raise DataError(f"{', '.join(str(f) for f in files)}: cannot read: {first_line(error)}") from error
+
+
+def _csv_options(files: list[Path], text_columns: Collection[str]) -> dict[str, Any]:
+    """pandas `read_csv` options (which the `datasets` CSV builder passes on) that read the `text_columns` of CSV
+    `files` as text, only an empty field missing, and their other columns as pandas does by default."""
+    header = {column for file in files for column in pd.read_csv(file, nrows=0).columns}
+    text = header & set(text_columns)
+    return {
+        "converters": dict.fromkeys(text, str),  # the field's text, never a number
+        "keep_default_na": False,  # missing-value markers per column instead:
+        "na_values": {column: [""] if column in text else sorted(STR_NA_VALUES) for column in header},
+    }
 
 
 def _version(file: Path) -> tuple[int, int]:

@@ -30,6 +30,7 @@ class HHSource(HubSource):
     """`Anthropic/hh-rlhf` rows (columns chosen, rejected: whole dialogues) → prompt / response triples."""
 
     required_columns = ("chosen", "rejected")
+    text_columns = ("chosen", "rejected")
 
     def parse(self, row: dict[str, Any]) -> dict[str, Any]:
         chosen, rejected = as_text(row["chosen"], "chosen"), as_text(row["rejected"], "rejected")

@@ -28,6 +28,7 @@ class IMDbPrompts(HubSource):
     """Review-prefix prompts from `stanfordnlp/imdb` (or local files in its schema, `task.data_files`)."""
 
     required_columns = ("text",)
+    text_columns = ("text",)
 
     def __init__(self, *, min_prefix_words: int = 2, max_prefix_words: int = 8, seed: int = 0, **hub: Any) -> None:
         """`hub`: HubSource's arguments (path, splits, subset, data_dir, revision, data_files)."""

@@ -85,6 +85,7 @@ class LocalSource(RowSource):
                 raise ConfigError("task.ranking_column", "applies to ranked data only: set task.responses_column too")
             columns = (prompt_column, chosen_column, rejected_column)
         self.required_columns = tuple(c for c in columns if c is not None)
+        self.text_columns = tuple(c for c in self.required_columns if c not in (scores_column, ranking_column))
         self.seed = seed
         self._held_out: datasets.DatasetDict | None = None
 
@@ -104,12 +105,12 @@ class LocalSource(RowSource):
 
     def read(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
         if "validation" in self.files:
-            rows = read_files([self.files[split]], streaming)
+            rows = read_files([self.files[split]], streaming, self.text_columns)
         elif streaming:
             raise ConfigError("task.val_path", "streaming needs a separate validation file (a stream has no hold-out)")
         else:
             if self._held_out is None:
-                self._held_out = self._hold_out(read_files([self.files["train"]], streaming=False))
+                self._held_out = self._hold_out(read_files([self.files["train"]], False, self.text_columns))
             rows = self._held_out["train" if split == "train" else "test"]
         self.conversational = self._is_conversational(rows)
         return rows

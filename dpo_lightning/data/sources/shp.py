@@ -154,6 +154,7 @@ class SHPSource(HubSource):
     `group_by_post`, ranked rows: one per post, its comments ranked by their upvotes."""
 
     required_columns = ("history", "human_ref_A", "human_ref_B", "score_A", "score_B", "labels")
+    text_columns = ("history", "human_ref_A", "human_ref_B", "post_id", "c_root_id_A", "c_root_id_B")
 
     def __init__(
         self,

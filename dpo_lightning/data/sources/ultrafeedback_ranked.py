@@ -46,6 +46,7 @@ from typing import Any
 
 import datasets
 
+from dpo_lightning.data.fingerprint import Versioned
 from dpo_lightning.data.rankings import scores_problem
 from dpo_lightning.data.sources.base import POSITION, HubSource, RowProblem, as_text
 from dpo_lightning.errors import ConfigError
@@ -113,6 +114,7 @@ class UltraFeedbackRankedSource(HubSource):
     """`openbmb/UltraFeedback` rows → conversational rankings of their scored completions (module docstring)."""
 
     required_columns = ("instruction", "completions")
+    text_columns = ("instruction",)
     conversational = True
     ranked = True
 
@@ -137,7 +139,7 @@ class UltraFeedbackRankedSource(HubSource):
         keep = partial(_in_split, validation=split == "validation", fraction=self.val_fraction)
         if isinstance(rows, datasets.Dataset):  # hashes only the instruction column
             self.check_columns(rows, self.origin(split))
-            return rows.add_column(POSITION, range(len(rows))).filter(keep, input_columns="instruction")
+            return rows.add_column(POSITION, range(len(rows))).filter(Versioned(keep), input_columns="instruction")
         return rows.map(_with_position, with_indices=True).filter(lambda row: keep(row.get("instruction")))
 
     def parse(self, row: dict[str, Any]) -> dict[str, Any]:
