@@ -106,7 +106,8 @@ class ClassifierScorer:
         """One score per text, in order: p(positive_label | text) in [0, 1], or the reward model's raw logit.
 
         Each distinct text is scored once, in batches of similar lengths (less padding); equal texts therefore get
-        exactly equal scores, whatever batches they would otherwise have been padded in.
+        exactly equal scores, whatever batches they would otherwise have been padded in. A special token's text in a
+        text is encoded as text (the tokenizer still adds its own special tokens around it).
         """
         unique = sorted(dict.fromkeys(texts), key=len, reverse=True)  # distinct, longest first (stable)
         scores: list[float] = []
@@ -116,6 +117,7 @@ class ClassifierScorer:
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
+                split_special_tokens=True,  # a sample's text is text: "</s>" in it is not the classifier's token
                 return_tensors="pt",
             ).to(self.device)
             logits = self.model(**batch).logits.float()  # [batch, num_labels]

@@ -5,10 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_judges import reference_logits, save_tiny_classifier, softmax_column
+from transformers import AutoModelForSequenceClassification
 
 from dpo_lightning.data.sources.sentiment import sentiment_reward
 from dpo_lightning.eval.rewards import ClassifierReward, VaderReward
+from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["The acting was", "Two hours later, the plot seemed"]
@@ -25,6 +28,19 @@ def test_classifier_reward_is_the_positive_probability_of_prompt_plus_completion
     texts = [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
     expected = softmax_column(reference_logits(folder, texts), column=1)  # label 1 is POSITIVE
     assert ClassifierReward(str(folder), batch_size=1)(PROMPTS, COMPLETIONS) == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_classifier_reads_a_special_token_text_in_a_sample_as_text(tmp_path):
+    folder = save_tiny_classifier(tmp_path / "classifier")
+    tokenizer = load_tiny_tokenizer()
+    text = f"The film ended{tokenizer.eos_token} and then {tokenizer.pad_token}it was great"
+    with torch.no_grad():
+        ids = tokenizer(text, split_special_tokens=True)["input_ids"]
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval().double()
+        logits = model(input_ids=torch.tensor([ids])).logits
+    assert not {tokenizer.eos_token_id, tokenizer.pad_token_id} & set(ids)
+    expected = softmax_column(logits, column=1)
+    assert ClassifierReward(str(folder), batch_size=1)([text], [""]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_classifier_without_the_positive_label_stops_the_run_before_training(tmp_path):
