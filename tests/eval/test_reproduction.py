@@ -7,8 +7,15 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The quick reproduction's frontier as the code gave it when the committed figures (README, docs/) were last
+# re-measured. A change that moves these numbers moves the full reproduction's too: re-run it
+# (`python scripts/sentiment_frontier.py`), update docs/sentiment-frontier.* and the README, then this file
+# (`python scripts/sentiment_frontier.py --quick --betas 0.1 1 --out /tmp/quick && cp /tmp/quick/frontier.csv
+# scripts/sentiment-frontier-quick.csv`).
+QUICK_FRONTIER = ROOT / "scripts" / "sentiment-frontier-quick.csv"
 
 
 def test_quick_reproduction_runs_every_stage_and_plots_every_method(tmp_path):
@@ -44,6 +51,19 @@ def test_quick_reproduction_runs_every_stage_and_plots_every_method(tmp_path):
 
     with (tmp_path / "frontier.csv").open() as file:
         points = [row for row in csv.DictReader(file) if row["reward"]]
+    with QUICK_FRONTIER.open() as file:
+        committed = list(csv.DictReader(file))
+    numbers = ("reward", "reward_se", "kl", "kl_se")
+    assert [[p[k] for k in ("run", "series", "beta", "step")] for p in points] == [
+        [p[k] for k in ("run", "series", "beta", "step")] for p in committed
+    ]
+    moved = [
+        (point["run"], point["step"], key, point[key], old[key])
+        for point, old in zip(points, committed, strict=True)
+        for key in numbers
+        if float(point[key]) != pytest.approx(float(old[key]), rel=1e-4, abs=1e-6)
+    ]
+    assert not moved, f"the reproduction's figures moved; re-measure them (see QUICK_FRONTIER): {moved[:4]}"
     by_run = {}
     for point in points:
         by_run.setdefault(point["run"], []).append(point)
