@@ -26,7 +26,7 @@ clipping, no activation checkpointing) on both sides. The first `--warmup` steps
 - ours: the real `DPOLitModule` under a Lightning Trainer, through `train_throughput.measure` (imported; its
   model, pairs, collate function, module and callback swapped for this workload, as `reference_strategies.py`
   does). A configuration is a dict of options — batch layout, log-prob computation, reference strategy, compile —
-  and `CONFIGS` lists them cumulatively as the performance issue does (plain → + prefix sharing → + packing →
+  and `CONFIGS` lists them cumulatively (plain → + prefix sharing → + packing →
   + lean log-probs → + precomputed reference), then `+ torch.compile` and prefix sharing without packing;
   `--only … padded-lean padded-lean-precomputed` adds padded rows with lean log-probs. `collate_for` and
   `model_options` turn the options into this checkout's collate function and model-config keys (`data.layout`
@@ -103,7 +103,7 @@ PROMPT_WORDS, RESPONSE_WORDS = (60, 140), (20, 60)
 BETA = 0.1
 
 
-CONFIGS = {  # key → (label, options): TRL, then ours in the issue's cumulative order, then other combinations
+CONFIGS = {  # key → (label, options): TRL, then ours in cumulative order, then other combinations
     "trl-live": ("TRL `DPOTrainer`, live reference", {"system": "trl", "reference": "model"}),
     "trl-precomputed": ("TRL `DPOTrainer`, precompute_ref_log_probs", {"system": "trl", "reference": "precomputed"}),
     "plain": ("plain (padded, full log-probs)", {"layout": "padded", "logprobs": "full", "reference": "model"}),
