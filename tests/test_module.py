@@ -45,7 +45,7 @@ def _loader(count=16, batch_size=4):
     return DataLoader(random_pairs(count), batch_size=batch_size, collate_fn=lambda pairs: collate_padded(pairs, PAD))
 
 
-def _fit(module, tmp_path, steps=4):
+def _fit(module, tmp_path, steps=4, **trainer_options):
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -54,6 +54,7 @@ def _fit(module, tmp_path, steps=4):
         enable_model_summary=False,
         default_root_dir=tmp_path,
         limit_val_batches=0,
+        **trainer_options,
     )
     trainer.fit(module, train_dataloaders=_loader())
     return trainer
@@ -143,19 +144,8 @@ def _fit_clipped(tmp_path, callbacks, gradient_clip_val=None, steps=3):
     """A module trained `steps` steps with a tiny clip (so every step clips); its policy's weights."""
     torch.manual_seed(0)
     module = _module()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-        gradient_clip_val=gradient_clip_val,
-        callbacks=callbacks,
-    )
-    trainer.fit(module, train_dataloaders=_loader())
+    options = {"enable_checkpointing": False, "gradient_clip_val": gradient_clip_val, "callbacks": callbacks}
+    _fit(module, tmp_path, steps, **options)
     return {name: value.detach().clone() for name, value in module.policy.state_dict().items()}
 
 
