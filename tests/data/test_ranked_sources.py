@@ -476,9 +476,14 @@ def test_ultrafeedback_unscored_completions_are_left_out():
 
 
 @MODES
-def test_ultrafeedback_validation_is_held_out_of_train_by_instruction_hash(tmp_path, streaming):
+@pytest.mark.parametrize(
+    ("bad", "problem"), [(None, "instruction: missing"), (7, "instruction: expected a string, got int")]
+)
+def test_ultrafeedback_validation_is_held_out_of_train_by_instruction_hash(tmp_path, streaming, bad, problem):
+    """A number among the instructions makes the column one of mixed types (read JSON-encoded, files.py): the text
+    instructions still hash as themselves."""
     rows = [{**uf_rows()[0], "instruction": f"Question {i}: what is {i} + {i}?"} for i in range(40)]
-    rows[7]["instruction"] = None  # a bad row stays in train, where it is reported
+    rows[7]["instruction"] = bad  # a bad row stays in train, where it is reported
     files = {"train": write_jsonl(tmp_path / "uf.jsonl", rows), "validation": None}
     source = ultrafeedback(files, val_fraction=0.25)
     train = list(source.load("train", streaming=streaming))
@@ -487,7 +492,7 @@ def test_ultrafeedback_validation_is_held_out_of_train_by_instruction_hash(tmp_p
     assert [row["row"] for row in validation] == expected and 5 <= len(expected) <= 15
     assert [row["row"] for row in train] == [i for i in range(40) if i not in expected]
     assert {row["prompt"][0]["content"] for row in validation} == {rows[i]["instruction"] for i in expected}
-    assert problems(train).count("instruction: missing") == 1
+    assert problems(train).count(problem) == 1
     assert source.origin("validation") == f"{tmp_path / 'uf.jsonl'} (train), held-out validation rows"
     assert source.origin("train") == f"{tmp_path / 'uf.jsonl'} (train)"
     assert held_out("Question 3: what is 3 + 3?", 0.25) == held_out("Question 3: what is 3 + 3?", 0.25)

@@ -280,6 +280,24 @@ def test_text_columns_that_look_like_numbers_are_read_as_their_text(tmp_path, st
 
 
 @MODES
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_json_lines_column_mixing_strings_and_numbers_keeps_each_value_as_written(tmp_path, streaming, suffix):
+    """`datasets` reads such a column as JSON and would decode the string "42" as the number 42: the string stays a
+    string (a usable row) and only the real number is a bad row, with the source's own message."""
+    path = tmp_path / f"pairs{suffix}"
+    lines = [
+        {"prompt": "42", "chosen": "true", "rejected": "[1]"},
+        {"prompt": 7, "chosen": "a", "rejected": "b"},
+        {"prompt": "hello", "chosen": "3.10", "rejected": None},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    loaded = [dict(row) for row in LocalSource(str(path), val_path=str(path)).load("train", streaming=streaming)]
+    assert [(row["prompt"], row["chosen"], row["rejected"]) for row in loaded] == [("42", "true", "[1]"), (None,) * 3,
+                                                                                   (None,) * 3]  # fmt: skip
+    assert [row["problem"] for row in loaded] == ["", "prompt: expected a string, got int", "rejected: missing"]
+
+
+@MODES
 def test_csv_score_columns_stay_numbers_and_only_an_empty_text_field_is_missing(tmp_path, streaming):
     path = tmp_path / "rows.csv"
     path.write_text('prompt,score\n42,1.5\nNA,NA\n,\n"3.10",7\n')

@@ -32,7 +32,15 @@ from typing import Any, Protocol
 import datasets
 
 from dpo_lightning.data.fingerprint import Versioned
-from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR, check_data_file, first_line, read_files
+from dpo_lightning.data.sources.files import (
+    JSON_ENCODED,
+    UNREADABLE,
+    UNREADABLE_ERROR,
+    check_data_file,
+    decode_json_columns,
+    first_line,
+    read_files,
+)
 from dpo_lightning.errors import ConfigError, DataError
 
 TRIPLE_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
@@ -92,7 +100,7 @@ def is_ranked(source: object) -> bool:
 
 def _data_columns(columns: Any) -> list[str]:
     """The columns of the data itself, without those this package adds (stand-ins, positions)."""
-    return [c for c in columns if c not in (UNREADABLE, UNREADABLE_ERROR, POSITION)]
+    return [c for c in columns if c not in (UNREADABLE, UNREADABLE_ERROR, JSON_ENCODED, POSITION)]
 
 
 class RowSource:
@@ -143,7 +151,7 @@ class RowSource:
             problem, message = row[UNREADABLE], row[UNREADABLE_ERROR]
         else:
             try:
-                triple, problem = self.parse(row), ""
+                triple, problem = self.parse(decode_json_columns(row)), ""
             except RowProblem as error:
                 problem = str(error)
             except RowFiltered as error:

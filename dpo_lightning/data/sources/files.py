@@ -17,6 +17,9 @@ A CSV file has no types: its text columns (the source's `text_columns`) are read
 "NA" and "None" stay those strings, where pandas would make them numbers or missing — and only an empty field is
 missing; its other columns as pandas infers them (numbers, with pandas' usual missing-value markers). JSON and
 Parquet files keep the types they hold: a number where text belongs is a bad row ("expected a string, got int").
+A JSON Lines column that mixes strings with other values is read from a copy that holds its values JSON-encoded
+(`JSON_ENCODED`) and decoded again before parsing, since `datasets` would read such a column as JSON and decode a
+string that looks like JSON ("42", "true") as that value.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from dpo_lightning.errors import ConfigError, DataError
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # Raw columns of a stand-in record: its reason (what summary.json counts) and the whole one-line error.
 UNREADABLE, UNREADABLE_ERROR = "__unreadable__", "__unreadable_error__"
+# The columns a JSON Lines copy holds JSON-encoded (each value as its JSON text): those mixing strings with other
+# values, which `datasets` would store as JSON and then decode a string that looks like JSON ("42") as a number.
+JSON_ENCODED = "__json_encoded__"
 MALFORMED_JSON, INVALID_UTF8, NOT_AN_OBJECT = "malformed JSON", "invalid UTF-8", "not a JSON object"
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
@@ -129,29 +135,44 @@ def _byte_at(line: bytes, error: UnicodeDecodeError) -> str:
     return f"byte {line[error.start]:#04x} at byte {error.start + 1} of the line"
 
 
-def _line_problem(line: bytes) -> tuple[str, str] | None:
-    """(reason, detail) if a JSON Lines line is not a readable record, else None."""
+def _read_line(line: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """(the record, None) if a JSON Lines line is a readable record, else (None, (reason, detail))."""
     try:
         value = json.loads(line.rstrip(b"\r\n").decode("utf-8"))  # without its line end, the column is the line's
     except UnicodeDecodeError as error:
-        return INVALID_UTF8, _byte_at(line, error)
+        return None, (INVALID_UTF8, _byte_at(line, error))
     except json.JSONDecodeError as error:
-        return MALFORMED_JSON, f"{error.msg} at column {error.colno}"
+        return None, (MALFORMED_JSON, f"{error.msg} at column {error.colno}")
     if not isinstance(value, dict):
-        return NOT_AN_OBJECT, f"got {_JSON_TYPES.get(type(value), 'null')}"
-    return None
+        return None, (NOT_AN_OBJECT, f"got {_JSON_TYPES.get(type(value), 'null')}")
+    return value, None
+
+
+def decode_json_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A raw row with the values a JSON Lines copy holds JSON-encoded (`JSON_ENCODED`) decoded: exactly the values
+    of the file ("42" a string, 42 a number)."""
+    encoded = row.get(JSON_ENCODED) or ()
+    return {**row, **{c: json.loads(row[c]) for c in encoded if row.get(c) is not None}} if encoded else row
 
 
 def _with_stand_ins(file: Path) -> Path:
-    """`file` if every line is a readable JSON object, else a copy with a stand-in record for each line that is
-    not; a `DataError` if no line is readable (there would be no columns to read)."""
+    """`file` if every line is a readable JSON object and no column mixes strings with other values, else a copy
+    with a stand-in record for each line that is not readable, and the mixed columns' values JSON-encoded
+    (`JSON_ENCODED`, decoded again by `decode_json_columns`); a `DataError` if no line is readable (there would be
+    no columns to read)."""
     first, records = 0, 0  # the first record's line number; how many records (non-blank lines)
     problems: dict[int, tuple[str, str]] = {}  # line number → (reason, detail)
+    strings, others = set(), set()  # the columns holding a string somewhere, and those holding another value
     for number, line in _lines(file):
         first, records = first or number, records + 1
-        if problem := _line_problem(line):
+        record, problem = _read_line(line)
+        if problem:
             problems[number] = problem
-    if not problems or (file.suffix == ".json" and _is_json_document(file)):  # one (multi-line) JSON object
+            continue
+        for column, value in record.items():
+            (strings if isinstance(value, str) else others if value is not None else set()).add(column)
+    mixed = sorted(strings & others)
+    if (not problems and not mixed) or (file.suffix == ".json" and _is_json_document(file)):  # one JSON object
         return file
     if len(problems) == records:
         reason, detail = problems[first]
@@ -162,10 +183,13 @@ def _with_stand_ins(file: Path) -> Path:
         for number, line in _lines(file):
             if number in problems:
                 reason, detail = problems[number]
-                line = _json_line({UNREADABLE: reason, UNREADABLE_ERROR: f"{file}: line {number}: {reason} ({detail})"})
-            elif number == first:  # `datasets` takes its columns from the first lines: announce the stand-ins'
-                line = _json_line({UNREADABLE: "", UNREADABLE_ERROR: "", **json.loads(line)})
-            out.write(line if line.endswith(b"\n") else line + b"\n")
+                record = {UNREADABLE: reason, UNREADABLE_ERROR: f"{file}: line {number}: {reason} ({detail})"}
+            else:
+                record = json.loads(line)
+                record |= {c: json.dumps(record[c]) for c in mixed if record.get(c) is not None}
+                if number == first:  # `datasets` takes its columns from the first lines: announce the stand-ins'
+                    record = {UNREADABLE: "", UNREADABLE_ERROR: "", **record}
+            out.write(_json_line({**record, JSON_ENCODED: mixed} if mixed else record))
     return copy
 
 

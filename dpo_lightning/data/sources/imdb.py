@@ -18,7 +18,7 @@ from typing import Any
 import datasets
 
 from dpo_lightning.data.sources.base import HubSource, RowProblem, as_text
-from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR
+from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR, decode_json_columns
 from dpo_lightning.errors import ConfigError, DataError
 
 _LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -56,7 +56,7 @@ class IMDbPrompts(HubSource):
         """The prompts of `split`, in dataset order, read lazily (a stream: only what is used is read)."""
         origin = self.origin(split)
         self.check_columns(rows := self.read(split, streaming=True), origin)
-        for index, row in enumerate(rows):
+        for index, row in enumerate(map(decode_json_columns, rows)):
             if row.get(UNREADABLE):  # a stand-in for an unreadable line (files.py): no prompt to make
                 raise DataError(row[UNREADABLE_ERROR])
             try:

@@ -41,7 +41,7 @@ import datasets
 
 from dpo_lightning.data.rankings import scores_problem
 from dpo_lightning.data.sources.base import POSITION, HubSource, RowFiltered, RowProblem, as_text
-from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR
+from dpo_lightning.data.sources.files import JSON_ENCODED, UNREADABLE, UNREADABLE_ERROR, decode_json_columns
 from dpo_lightning.errors import ConfigError
 
 DEFAULT_MIN_SCORE_RATIO = 2.0  # the reference implementation's
@@ -116,12 +116,12 @@ class _Post:
 def rows_by_post(rows: datasets.Dataset) -> datasets.Dataset:
     """One row per post (module docstring): POSITION, history, responses (texts), scores, POST_PROBLEM, and the
     stand-in columns (files.py). A row without a usable `post_id`, and a stand-in, is a post of its own."""
-    columns = [c for c in (*GROUPED_COLUMNS, UNREADABLE, UNREADABLE_ERROR) if c in rows.column_names]
+    columns = [c for c in (*GROUPED_COLUMNS, UNREADABLE, UNREADABLE_ERROR, JSON_ENCODED) if c in rows.column_names]
     posts: dict[Any, _Post] = {}
     position = 0
     for batch in rows.select_columns(columns).iter(batch_size=1000):
         for values in zip(*(batch[c] for c in columns), strict=True):
-            row = dict(zip(columns, values, strict=True))
+            row = decode_json_columns(dict(zip(columns, values, strict=True)))
             post_id = row["post_id"]
             if row.get(UNREADABLE) or not isinstance(post_id, str):
                 post_id = (POSITION, position)  # a post of its own

@@ -49,6 +49,7 @@ import datasets
 from dpo_lightning.data.fingerprint import Versioned
 from dpo_lightning.data.rankings import scores_problem
 from dpo_lightning.data.sources.base import POSITION, HubSource, RowProblem, as_text
+from dpo_lightning.data.sources.files import JSON_ENCODED, decode_json_columns
 from dpo_lightning.errors import ConfigError
 
 ASPECTS: tuple[str, ...] = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -102,7 +103,9 @@ def held_out(instruction: Any, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def _in_split(instruction: Any, validation: bool, fraction: float) -> bool:
+def _in_split(instruction: Any, encoded: list[str] | None = None, *, validation: bool, fraction: float) -> bool:
+    """Whether a row belongs to the split; `encoded`: the columns a JSON Lines copy holds JSON-encoded (files.py)."""
+    instruction = decode_json_columns({"instruction": instruction, JSON_ENCODED: encoded})["instruction"]
     return held_out(instruction, fraction) == validation
 
 
@@ -139,8 +142,11 @@ class UltraFeedbackRankedSource(HubSource):
         keep = partial(_in_split, validation=split == "validation", fraction=self.val_fraction)
         if isinstance(rows, datasets.Dataset):  # hashes only the instruction column
             self.check_columns(rows, self.origin(split))
-            return rows.add_column(POSITION, range(len(rows))).filter(Versioned(keep), input_columns="instruction")
-        return rows.map(_with_position, with_indices=True).filter(lambda row: keep(row.get("instruction")))
+            columns = [c for c in ("instruction", JSON_ENCODED) if c in rows.column_names]
+            return rows.add_column(POSITION, range(len(rows))).filter(Versioned(keep), input_columns=columns)
+        return rows.map(_with_position, with_indices=True).filter(
+            lambda row: keep(row.get("instruction"), row.get(JSON_ENCODED))
+        )
 
     def parse(self, row: dict[str, Any]) -> dict[str, Any]:
         prompt = [{"role": "user", "content": as_text(row["instruction"], "instruction")}]
