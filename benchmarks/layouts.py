@@ -29,7 +29,7 @@ from train_throughput import VOCAB, _model_config
 from dpo_lightning.data.collate import collate_function
 from dpo_lightning.data.sampler import LengthGroupedSampler
 from dpo_lightning.data.tokenize import TokenizedPair
-from dpo_lightning.module import DPOLitModule
+from dpo_lightning.training.module import DPOLitModule
 
 CONFIGS = [  # (label, data.layout, data.packing_max_tokens, data.group_by_length, model.lean_logprobs)
     ("padded, full log-softmax", "padded", None, False, False),

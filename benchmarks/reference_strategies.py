@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 from train_throughput import WIDTHS, _model_config, _pairs
 
 from dpo_lightning.data.collate import collate_padded
-from dpo_lightning.models import build_model
-from dpo_lightning.module import DPOLitModule
-from dpo_lightning.reference import compute_table
+from dpo_lightning.models.loading import build_model
+from dpo_lightning.training.module import DPOLitModule
+from dpo_lightning.models.reference import compute_table
 
 # One more width, for a GPU, where the reference's own memory stands out from the activations' (≈107M parameters).
 WIDTHS.setdefault("medium", (1024, 2816, 8))

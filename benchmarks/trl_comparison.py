@@ -164,7 +164,7 @@ def build_tokenizer(folder: Path):
     """A byte-level BPE of VOCAB tokens trained on seeded synthetic text, saved to `folder`."""
     from transformers import PreTrainedTokenizerFast
 
-    from dpo_lightning.tiny_tokenizer import train_byte_level_bpe
+    from dpo_lightning.models.tiny_tokenizer import train_byte_level_bpe
 
     text = _Text(seed=1)
     bpe = train_byte_level_bpe((text(100) for _ in range(5000)), VOCAB)
@@ -374,8 +374,8 @@ def _ours(queue, options: dict, model_config: dict, pairs: list, batch_size: int
     """Train DPOLitModule through `train_throughput.measure` with this configuration's options."""
     import train_throughput
 
-    from dpo_lightning.callbacks import Throughput
-    from dpo_lightning.module import DPOLitModule
+    from dpo_lightning.training.throughput import Throughput
+    from dpo_lightning.training.module import DPOLitModule
 
     _swap_workload(train_throughput, model_config, pairs, collate_for(options))
     extra = {"optimizer": {"_target_": "torch.optim.AdamW", "lr": lr, "weight_decay": 0.0, "warmup_steps": 0}}

@@ -55,8 +55,8 @@ LEARNING_RATE = 1e-3
 def ours_command(folder: Path, steps: int, batch_size: int, reference: str, run_dir: Path) -> list[str]:
     """`train.py` on the workload: `steps` optimizer steps, nothing else in the loop (no validation, no sampling)."""
     return [
-        *(sys.executable, str(ROOT / "train.py"), "task=local", f"task.path={folder / 'pairs.jsonl'}"),
-        *("task.val_size=8", "task.max_length=4096", "task.max_prompt_length=2048"),
+        *(sys.executable, str(ROOT / "train.py"), "task=local", f"task.source.path={folder / 'pairs.jsonl'}"),
+        *("task.source.val_size=8", "task.tokenize.max_length=4096", "task.tokenize.max_prompt_length=2048"),
         *("model=hf", f"model.name_or_path={folder / 'model'}", f"optimizer.lr={LEARNING_RATE}"),
         f"reference={'model' if reference == 'live' else 'precomputed'}",
         *(f"beta={BETA}", f"data.batch_size={batch_size}", f"trainer.max_steps={steps}", "trainer.accelerator=cpu"),

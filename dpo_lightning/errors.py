@@ -20,3 +20,13 @@ class DataError(ValueError):
 
 class RunError(RuntimeError):
     """Training cannot go on (a diverging loss, a checkpoint that cannot be written), with what to do about it."""
+
+
+class RowProblem(ValueError):
+    """Raised by a source's `parse` for a row that cannot become a triple; its message is `<field>: <reason>`.
+    The data module reports it as a `DataError` naming the origin and row (or counts it: `task.skip_bad_rows`)."""
+
+
+class RowFiltered(ValueError):
+    """Raised by a source's `parse` for a row that the task's recipe excludes (e.g. SHP pairs with a score ratio
+    < 2); counted, never an error."""

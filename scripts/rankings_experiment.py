@@ -4,7 +4,7 @@
 
     1. SFT      python train.py loss=sft                     the tiny model learns to write reviews (as in
                                                              scripts/sentiment_frontier.py)
-    2. methods  python train.py -m task.responses_per_prompt=4 model.init_from=SFT beta=… trainer.max_time=…
+    2. methods  python train.py -m task.source.responses_per_prompt=4 model.init_from=SFT beta=… trainer.max_time=…
                    plackett_luce     loss=plackett_luce                                 whole rankings
                    dpo_all_pairs     loss=dpo data.rankings=whole data.ranking_pairs=all   the same rankings' 6 pairs,
                                                                                         each response computed once
@@ -44,7 +44,7 @@ METHODS = {
     "dpo_flattened": ["loss=dpo", "data.rankings=pairs", f"data.batch_size={RANKINGS_PER_STEP * PAIRS_PER_RANKING}"],
 }
 COMMON = [
-    "task.responses_per_prompt=4",
+    "task.source.responses_per_prompt=4",
     "data.ranking_pairs=all",
     "data.eval_batch_size=64",
     "model.learning_rate=1e-4",
@@ -57,8 +57,8 @@ FULL = {"sft": [], "runs": ["samples.num_prompts=256"]}
 QUICK = {
     "sft": None,  # no SFT stage: the methods start from the random initial model
     "runs": [
-        "task.num_train_pairs=64",
-        "task.num_val_pairs=8",
+        "task.source.num_train_pairs=64",
+        "task.source.num_val_pairs=8",
         "samples.num_prompts=8",
         "samples.max_new_tokens=16",
     ],

@@ -3,7 +3,7 @@
     python scripts/sentiment_frontier.py [--out outputs/sentiment-frontier] [--betas 0.05 0.1 0.5 1 2] [--quick]
 
     1. SFT        python train.py loss=sft                       the tiny model learns to write reviews
-    2. pairs      python -m dpo_lightning.eval.pairs policy=SFT   2 samples per prompt, VADER picks chosen
+    2. pairs      python -m dpo_lightning.cli.pairs policy=SFT   2 samples per prompt, VADER picks chosen
     3. DPO        python train.py -m loss=dpo beta=…             from the SFT model, on those pairs
     4. baselines  python train.py -m loss=preferred_ft,unlikelihood   same pairs, same start, lr 1e-4 and 1e-3
     5. frontier   reward of policy samples against KL(π ‖ π_SFT), one point per validation of every run
@@ -42,7 +42,7 @@ FULL = {
     ],
 }
 QUICK = {
-    "sft": ["task.num_train_pairs=256", "task.num_val_pairs=16", "trainer.val_check_interval=8"],
+    "sft": ["task.source.num_train_pairs=256", "task.source.num_val_pairs=16", "trainer.val_check_interval=8"],
     "pairs": ["num_prompts.train=64", "num_prompts.validation=8", "sampling.max_new_tokens=16"],
     "baseline_learning_rates": "1e-4",
     "second_stage": [
@@ -89,13 +89,13 @@ def main() -> None:
         run_command([python, "train.py", "loss=sft", *settings["sft"], f"hydra.run.dir={sft}"], out / "sft.log")
     pairs = out / "pairs"
     if not (pairs / "provenance.json").is_file():
-        command = [python, "-m", "dpo_lightning.eval.pairs", f"policy={sft}", *settings["pairs"]]
+        command = [python, "-m", "dpo_lightning.cli.pairs", f"policy={sft}", *settings["pairs"]]
         run_command([*command, f"hydra.run.dir={pairs}"], out / "pairs.log")
 
     second_stage = [
         "task=local",
-        f"task.path={pairs / 'train.parquet'}",
-        f"task.val_path={pairs / 'validation.parquet'}",
+        f"task.source.path={pairs / 'train.parquet'}",
+        f"task.source.val_path={pairs / 'validation.parquet'}",
         f"model.init_from={sft}",
         "reward@task.reward=vader",
         *settings["second_stage"],

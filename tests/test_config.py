@@ -10,11 +10,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import check_group_choices, source_arguments, validate_config
+from dpo_lightning.cli.checks import check_group_choices, source_arguments, validate_config
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.faults import DivergenceGuard
-from dpo_lightning.run import build_trainer
+from dpo_lightning.runtime.faults import DivergenceGuard
+from dpo_lightning.runtime.run import build_trainer
 
 # Groups of `config.yaml`; `reward` is nested in each task (chosen with `reward@task.reward=…`), `judge` belongs
 # to `winrate.yaml` (composed in tests/eval/test_winrate.py).
@@ -23,7 +23,7 @@ OPTIONS = [(group, option.stem) for group in GROUPS for option in sorted((CONF_D
 OVERRIDE_KEYS = {"reward": "reward@task.reward"}  # how the command line names a group's choice, where not `group`
 NEEDS_NETWORK = {("reward", "classifier")}  # options whose instantiation downloads a model: composed, not built
 # Keys that an option leaves for the user to set (`???`), and test values for them.
-REQUIRED = {"local": ["task.path=PAIRS"], "hf": ["model.name_or_path=gpt2"]}
+REQUIRED = {"local": ["task.source.path=PAIRS"], "hf": ["model.name_or_path=gpt2"]}
 
 
 def _compose(overrides, tmp_path: Path):
@@ -85,8 +85,8 @@ def test_default_config_is_the_offline_demo(tmp_path):
     [
         (["beta=0"], "beta: must be > 0"),
         (["beta=-1"], "beta: must be > 0"),
-        (["task.max_prompt_length=64"], "task.max_prompt_length: must be in [1, task.max_length=64)"),
-        (["task.truncation_mode=middle"], "task.truncation_mode: must be one of keep_start, keep_end"),
+        (["task.tokenize.max_prompt_length=64"], "task.tokenize.max_prompt_length: must be in [1, task.tokenize.max_length=64)"),
+        (["task.tokenize.truncation_mode=middle"], "task.tokenize.truncation_mode: must be one of keep_start, keep_end"),
         (["data.batch_size=0"], "data.batch_size: must be ≥ 1"),
         (["data.layout=rows"], "data.layout: must be one of prefix_shared, packed, padded, got 'rows'"),
         (
@@ -101,7 +101,7 @@ def test_default_config_is_the_offline_demo(tmp_path):
             "model.attn_implementation: flex_attention has no backward pass on the CPU",
         ),
         (["model.dtype=float8"], "model.dtype: must be one of"),
-        (["task=local"], "task.path: required but not set"),
+        (["task=local"], "task.source.path: required but not set"),
         (["model=hf"], "model.name_or_path: required but not set"),
     ],
 )

@@ -15,8 +15,9 @@ from rich.console import Console
 from test_config import _compose
 from test_train import ROOT, SMALL
 
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.console import (
+from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.errors import ConfigError
+from dpo_lightning.runtime.console import (
     REDACTED,
     RedactHydraOutput,
     config_tree,
@@ -28,7 +29,6 @@ from dpo_lightning.console import (
     redact_printed_config,
     save_resolved_config,
 )
-from dpo_lightning.errors import ConfigError
 
 SECRET = "sk-" + "9f3b2c" * 6  # a made-up key
 

@@ -27,9 +27,9 @@ from dpo_lightning.data.collate import (
 from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.losses.dpo import dpo_loss
-from dpo_lightning.models import load_tokenizer
-from dpo_lightning.module import DPOLitModule
-from dpo_lightning.run import build_datamodule
+from dpo_lightning.models.loading import load_tokenizer
+from dpo_lightning.runtime.run import build_datamodule
+from dpo_lightning.training.module import DPOLitModule
 
 # The 4-D-mask layouts under test. "packed": rows of at most 40 tokens (random_pairs(8, seed=4), 9 to 20 tokens
 # a pair, makes 3 rows of 2–3 pairs); "packed_to_longest": the default budget, the batch's longest pair.

@@ -7,7 +7,7 @@ import torch
 from conftest import EOS, PAD, random_pairs, tiny_causal_lm
 
 from dpo_lightning.data.collate import IGNORE_INDEX, collate_padded
-from dpo_lightning.logprobs import sequence_logprobs
+from dpo_lightning.models.logprobs import sequence_logprobs
 
 
 def _plain_logps(model, prompt, response):

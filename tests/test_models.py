@@ -10,13 +10,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import PreTrainedModel
 
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import check_model_config
+from dpo_lightning.cli.checks import check_model_config
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.models import build_model, load_tokenizer, transformer_blocks
-from dpo_lightning.module import DPOLitModule
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.loading import build_model, load_tokenizer, transformer_blocks
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.training.module import DPOLitModule
 
 # The transformer block class of each architecture in the installed transformers.
 BLOCKS = {
@@ -243,7 +243,7 @@ def _tiny_config() -> dict:
 
 @pytest.mark.parametrize("layout", ["run folder", "model folder"])
 def test_init_from_loads_the_saved_policy_as_policy_and_reference(tmp_path, layout):
-    from dpo_lightning.export import export_policy
+    from dpo_lightning.runtime.export import export_policy
 
     saved = build_model({**_tiny_config(), "init_seed": 7})  # weights a fresh tiny build (init_seed 0) lacks
     folder = tmp_path / "policy" if layout == "run folder" else tmp_path

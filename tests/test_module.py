@@ -7,9 +7,9 @@ from conftest import PAD, random_pairs
 from torch.utils.data import DataLoader
 
 from dpo_lightning.data.collate import collate_padded, placeholder_batch
-from dpo_lightning.faults import DivergenceGuard
-from dpo_lightning.logprobs import sequence_logprobs
-from dpo_lightning.module import REFERENCE_PREFIX, DPOLitModule
+from dpo_lightning.models.logprobs import sequence_logprobs
+from dpo_lightning.runtime.faults import DivergenceGuard
+from dpo_lightning.training.module import REFERENCE_PREFIX, DPOLitModule
 
 MODEL = {
     "name": "test",

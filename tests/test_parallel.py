@@ -33,15 +33,15 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoModelForCausalLM
 
-from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.export import export_policy
-from dpo_lightning.logprobs import sequence_logprobs
-from dpo_lightning.models import build_model, transformer_blocks
-from dpo_lightning.module import DPOLitModule
-from dpo_lightning.parallel import check_parallel_config, full_state_dict, shard_causal_lm
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.loading import build_model, transformer_blocks
+from dpo_lightning.models.logprobs import sequence_logprobs
+from dpo_lightning.models.sharding import check_parallel_config, full_state_dict, shard_causal_lm
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.runtime.export import export_policy
+from dpo_lightning.training.module import DPOLitModule
 
 # float32 runs of the same global batches, 1 process vs 2 (DDP, FSDP). Measured: per-step train/* within 5e-7
 # relative (7.6e-6 absolute, on log-probs around -16), final val/* within 6e-8, exported weights within 9e-6
@@ -270,8 +270,8 @@ def _duplicated_half_batches(folder: Path, steps: int = 4, unique: int = 4, rank
     (folder / "val.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[::2]))
     return [
         "task=local",
-        f"task.path={folder / 'train.jsonl'}",
-        f"task.val_path={folder / 'val.jsonl'}",
+        f"task.source.path={folder / 'train.jsonl'}",
+        f"task.source.val_path={folder / 'val.jsonl'}",
         "task.streaming=true",
         "task.shuffle_buffer=0",
         "data.batch_size=8",
@@ -280,7 +280,7 @@ def _duplicated_half_batches(folder: Path, steps: int = 4, unique: int = 4, rank
         "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu",
-        *(["task.responses_column=responses"] if ranked else []),
+        *(["task.source.responses_column=responses"] if ranked else []),
     ]
 
 
@@ -357,8 +357,8 @@ def test_fsdp_with_gradient_accumulation_keeps_the_global_batch(tmp_path):
 
 
 FSDP_SMALL = [
-    "task.num_train_pairs=16",  # 2 steps per epoch
-    "task.num_val_pairs=16",
+    "task.source.num_train_pairs=16",  # 2 steps per epoch
+    "task.source.num_val_pairs=16",
     "data.batch_size=8",
     "data.eval_batch_size=16",
     "trainer.val_check_interval=100",
@@ -401,8 +401,8 @@ def test_fsdp_trains_in_bf16_true_with_activation_checkpointing(tmp_path):
 # --- launchers: torchrun and SLURM -------------------------------------------------------------------------
 
 LAUNCH_SMALL = [
-    "task.num_train_pairs=32",
-    "task.num_val_pairs=16",
+    "task.source.num_train_pairs=32",
+    "task.source.num_val_pairs=16",
     "data.batch_size=8",
     "data.eval_batch_size=16",
     "trainer.max_steps=2",
@@ -464,7 +464,7 @@ def test_slurm_script_trains_under_a_stand_in_srun(tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*LAUNCH_SMALL, "trainer.precision=32-true", f"hydra.run.dir={run_dir}"]
     summary = _completed(_launch(["bash", "scripts/slurm_train.sbatch", *overrides], slurm), run_dir, 2)
-    assert summary["config"]["trainer"]["strategy"]["_target_"] == "dpo_lightning.parallel.FSDP2Strategy"
+    assert summary["config"]["trainer"]["strategy"]["_target_"] == "dpo_lightning.models.sharding.FSDP2Strategy"
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()
 
 

@@ -17,7 +17,7 @@ from test_config import _compose
 from test_module import ADAMW, DPO, MODEL
 
 from dpo_lightning import logprobs
-from dpo_lightning.config import check_rankings
+from dpo_lightning.cli.checks import check_rankings
 from dpo_lightning.data.collate import (
     collate_packed,
     collate_padded,
@@ -28,9 +28,9 @@ from dpo_lightning.data.rankings import ranking_pairs, ranking_problem, ranks_fr
 from dpo_lightning.data.tokenize import TokenizedPair, TokenizedRanking
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.losses.plackett_luce import plackett_luce_loss
-from dpo_lightning.models import load_tokenizer
-from dpo_lightning.module import DPOLitModule
-from dpo_lightning.run import build_datamodule
+from dpo_lightning.models.loading import load_tokenizer
+from dpo_lightning.runtime.run import build_datamodule
+from dpo_lightning.training.module import DPOLitModule
 
 PLACKETT_LUCE = {"_target_": "dpo_lightning.losses.plackett_luce.PlackettLuce", "beta": 0.1}
 SHARED = {
@@ -254,9 +254,9 @@ def _datamodule(tmp_path, rows, *overrides):
     cfg = _compose(
         [
             "task=local",
-            f"task.path={train}",
-            f"task.val_path={val}",
-            "task.responses_column=responses",
+            f"task.source.path={train}",
+            f"task.source.val_path={val}",
+            "task.source.responses_column=responses",
             "data.batch_size=4",
             *overrides,
         ],
@@ -340,7 +340,7 @@ def test_ranked_data_config_mistakes_fail_before_any_model_loads(tmp_path, overr
 
 @pytest.mark.parametrize("key, value", [("data.rankings", "both"), ("data.ranking_pairs", "some")])
 def test_unknown_ranking_options_are_refused(tmp_path, key, value):
-    from dpo_lightning.config import validate_config
+    from dpo_lightning.cli.checks import validate_config
 
     with pytest.raises(ConfigError, match=f"^{key}: must be one of"):
         validate_config(_compose([f"{key}={value}"], tmp_path))
@@ -351,10 +351,10 @@ def test_the_precomputed_reference_serves_whole_rankings(tmp_path):
     responses are the same sequences) look up the values the reference model computes."""
     import lightning as L
 
-    from dpo_lightning.reference import precompute_reference
+    from dpo_lightning.models.reference import precompute_reference
 
-    overrides = ["reference=precomputed", f"reference.cache_dir={tmp_path / 'cache'}", "task.responses_per_prompt=3"]
-    overrides += ["task.num_train_pairs=16", "task.num_val_pairs=4", "data.eval_batch_size=8"]
+    overrides = ["reference=precomputed", f"reference.cache_dir={tmp_path / 'cache'}", "task.source.responses_per_prompt=3"]
+    overrides += ["task.source.num_train_pairs=16", "task.source.num_val_pairs=4", "data.eval_batch_size=8"]
     cfg = _compose(overrides, tmp_path)
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False)

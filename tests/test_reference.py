@@ -14,18 +14,18 @@ from test_train import SMALL, _summary, train
 from transformers import AutoModelForCausalLM
 
 from dpo_lightning import reference as reference_module
-from dpo_lightning.checkpointing import load_checkpoint_file
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import validate_config
+from dpo_lightning.cli.checks import validate_config
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.collate import collate_padded, placeholder_batch
 from dpo_lightning.errors import ConfigError, DataError
-from dpo_lightning.export import export_policy
-from dpo_lightning.logprobs import sequence_logprobs
-from dpo_lightning.models import build_model, load_tokenizer
-from dpo_lightning.module import REFERENCE_PREFIX, DPOLitModule
-from dpo_lightning.reference import PrecomputedReference, compute_table, export_model, precompute_reference
-from dpo_lightning.run import build_datamodule
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.loading import build_model, load_tokenizer
+from dpo_lightning.models.logprobs import sequence_logprobs
+from dpo_lightning.models.reference import PrecomputedReference, compute_table, export_model, precompute_reference
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.runtime.checkpoints import load_checkpoint_file
+from dpo_lightning.runtime.export import export_policy
+from dpo_lightning.runtime.run import build_datamodule
+from dpo_lightning.training.module import REFERENCE_PREFIX, DPOLitModule
 
 LORA = {
     "name": "lora",
@@ -33,7 +33,7 @@ LORA = {
 }
 needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
 # The sentiment demo, small: 32 training and 8 validation pairs.
-DEMO = ["task.num_train_pairs=32", "task.num_val_pairs=8", "data.eval_batch_size=16"]
+DEMO = ["task.source.num_train_pairs=32", "task.source.num_val_pairs=8", "data.eval_batch_size=16"]
 
 
 def _module(reference, model=MODEL) -> DPOLitModule:
@@ -96,7 +96,7 @@ def test_cache_is_reused_only_for_the_same_fingerprint(tmp_path, monkeypatch):
 
     # A tokenization setting, the model's weights (same architecture config, other init seed) and the batch
     # layout (its values differ by rounding) are in the key.
-    shorter = precompute_reference(*_demo(tmp_path, "task.max_length=40"))
+    shorter = precompute_reference(*_demo(tmp_path, "task.tokenize.max_length=40"))
     other_model = precompute_reference(*_demo(tmp_path, "model.init_seed=1"))
     padded = precompute_reference(*_demo(tmp_path, "data.layout=padded"))
     assert len({first, shorter, other_model, padded}) == 4
@@ -279,7 +279,7 @@ OPTIONS = sorted(path.stem for path in (CONF_DIR / "reference").glob("*.yaml"))
 
 def test_every_reference_option_trains_two_steps_end_to_end(tmp_path):
     options = [name for name in OPTIONS if name != "lora" or importlib.util.find_spec("peft") is not None]
-    steps = ["task.num_train_pairs=32", "task.num_val_pairs=8", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    steps = ["task.source.num_train_pairs=32", "task.source.num_val_pairs=8", "trainer.max_steps=2", "trainer.val_check_interval=2"]
     result = train("-m", f"reference={','.join(options)}", *SMALL, *steps, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     for job, name in enumerate(options):  # one process, one job per option, in sweep order

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from test_train import ROOT, SMALL
 
 from dpo_lightning import checkpointing
-from dpo_lightning.checkpointing import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from dpo_lightning.data.sampler import ResumableSampler, ShuffledSampler
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.resume import resume_arguments
+from dpo_lightning.runtime.checkpoints import CheckpointError, load_checkpoint_file, save_checkpoint_file
+from dpo_lightning.runtime.resume import resume_arguments
 
 # test_train's short tiny-model run, checkpointing after every optimizer step, with 2 micro-batches a step
 # (a signal can arrive between the micro-batches of one step), no validation inside the run, no sampling.

@@ -17,15 +17,15 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from test_wandb import wandb_run_record
 
+from dpo_lightning.cli.sweep import collect_jobs, format_table, objective
 from dpo_lightning.eval import frontier
-from dpo_lightning.sweep import collect_jobs, format_table, objective
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 # The tiny model on a few pairs, two optimizer steps, validation sampling on 4 prompts (val/reward, val/kl).
 TINY = [
-    "task.num_train_pairs=32",
-    "task.num_val_pairs=8",
+    "task.source.num_train_pairs=32",
+    "task.source.num_val_pairs=8",
     "data.batch_size=8",
     "data.eval_batch_size=8",
     "trainer.max_steps=2",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dpo_lightning.tiny_tokenizer import TINY_TOKENIZER_DIR, build_tiny_tokenizer, load_tiny_tokenizer
+from dpo_lightning.models.tiny_tokenizer import TINY_TOKENIZER_DIR, build_tiny_tokenizer, load_tiny_tokenizer
 
 TEXTS = [
     "Café — naïve 東京 🎬",

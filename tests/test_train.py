@@ -12,17 +12,17 @@ from safetensors.torch import load_file
 from test_config import _compose
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_lightning.checkpointing import load_checkpoint_file
-from dpo_lightning.logprobs import sequence_logprobs
 from dpo_lightning.losses.dpo import dpo_loss
-from dpo_lightning.models import build_model, load_tokenizer
-from dpo_lightning.run import build_datamodule
+from dpo_lightning.models.loading import build_model, load_tokenizer
+from dpo_lightning.models.logprobs import sequence_logprobs
+from dpo_lightning.runtime.checkpoints import load_checkpoint_file
+from dpo_lightning.runtime.run import build_datamodule
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small, fast configuration of the default offline run.
 SMALL = [
-    "task.num_train_pairs=64",
-    "task.num_val_pairs=16",
+    "task.source.num_train_pairs=64",
+    "task.source.num_val_pairs=16",
     "data.batch_size=8",
     "data.eval_batch_size=16",
     "trainer.max_steps=6",
@@ -87,14 +87,14 @@ def test_default_run_writes_summary_checkpoints_and_a_loadable_policy(tmp_path):
     ("overrides", "message"),
     [
         (["beta=-1"], "error: beta: must be > 0, got -1"),
-        (["task.max_prompt_length=80"], "error: task.max_prompt_length: must be in [1, task.max_length=64), got 80"),
+        (["task.tokenize.max_prompt_length=80"], "error: task.tokenize.max_prompt_length: must be in [1, task.tokenize.max_length=64), got 80"),
         (
             ["model=nope"],
             "error: model: unknown option 'nope'; choose one of: gpt2, gpt2-large, gptj, hf, pythia28, tiny",
         ),
         (
-            ["task=local", "task.path=/no/such/file.jsonl"],
-            "error: task.path: file not found: /no/such/file.jsonl",
+            ["task=local", "task.source.path=/no/such/file.jsonl"],
+            "error: task.source.path: file not found: /no/such/file.jsonl",
         ),
     ],
 )
@@ -115,14 +115,14 @@ def test_bad_local_row_names_file_row_and_field(tmp_path):
         {"prompt": "Hi", "chosen": "", "rejected": " no"}
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train("task=local", f"task.path={data}", f"task.val_path={data}", run_dir=tmp_path / "run", timeout=120)
+    result = train("task=local", f"task.source.path={data}", f"task.source.val_path={data}", run_dir=tmp_path / "run", timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {data}: row 5: chosen: empty"
 
     skipping = train(
         "task=local",
-        f"task.path={data}",
-        f"task.val_path={data}",
+        f"task.source.path={data}",
+        f"task.source.val_path={data}",
         "task.skip_bad_rows=true",
         "trainer.max_steps=2",
         "data.batch_size=2",
@@ -174,12 +174,12 @@ def test_each_hub_task_trains_offline_on_its_fixtures(task, streaming, tmp_path)
     fixtures = ROOT / "tests" / "fixtures" / task
     result = train(
         f"task={task}",
-        f"task.data_files.train={fixtures / 'train.jsonl'}",
-        f"task.data_files.validation={fixtures / 'validation.jsonl'}",
+        f"task.source.data_files.train={fixtures / 'train.jsonl'}",
+        f"task.source.data_files.validation={fixtures / 'validation.jsonl'}",
         f"task.streaming={str(streaming).lower()}",
         "task.skip_bad_rows=true",
-        "task.max_length=256",
-        "task.max_prompt_length=192",
+        "task.tokenize.max_length=256",
+        "task.tokenize.max_prompt_length=192",
         "data.batch_size=2",
         "data.eval_batch_size=2",
         "trainer.max_steps=2",
@@ -211,7 +211,7 @@ def test_streaming_ddp_two_ranks_two_workers_sees_every_row_once(tmp_path):
     train_file, val_file = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     val_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    task = ["task=local", f"task.path={train_file}", f"task.val_path={val_file}", "data.eval_batch_size=2"]
+    task = ["task=local", f"task.source.path={train_file}", f"task.source.val_path={val_file}", "data.eval_batch_size=2"]
     result = train(
         *task,
         "task.streaming=true",

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from wandb.proto import wandb_internal_pb2
 
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.wandb_logging import name_sweep_run, previous_run_id, resolve_mode, wandb_logger
+from dpo_lightning.runtime.wandb_logging import name_sweep_run, previous_run_id, resolve_mode, wandb_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake 40-character W&B key
@@ -102,8 +102,8 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
         sys.executable,
         "train.py",
         "logger=wandb",
-        "task.num_train_pairs=32",
-        "task.num_val_pairs=8",
+        "task.source.num_train_pairs=32",
+        "task.source.num_val_pairs=8",
         "data.batch_size=8",
         "trainer.max_steps=2",
         "trainer.enable_progress_bar=false",

@@ -19,8 +19,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from dpo_lightning.data.sources.base import RowProblem
 from dpo_lightning.data.tokenize import Rendered
+from dpo_lightning.errors import RowProblem
 
 ROLES = ("system", "user", "assistant")
 Messages = list[dict[str, str]]

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from dpo_lightning.data.collate import Batch, Collate, Example, collate_function, placeholder_batch
+from dpo_lightning.data.collate import LAYOUTS, Batch, Collate, Example, collate_function, placeholder_batch
 from dpo_lightning.data.fingerprint import Versioned
 from dpo_lightning.data.prepare import (
     REPORT_COLUMNS,
@@ -44,7 +44,7 @@ from dpo_lightning.data.rankings import RANKING_PAIRS, RANKINGS
 from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler, ShuffledSampler
 from dpo_lightning.data.sources.base import SPLITS, PreferenceSource, is_ranked, row_features
 from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs, all_ranks
-from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TruncationMode
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizeSettings
 from dpo_lightning.errors import ConfigError, DataError
 
 
@@ -70,10 +70,7 @@ class PreferenceDataModule(L.LightningDataModule):
         *,
         batch_size: int,
         eval_batch_size: int,
-        max_length: int,
-        max_prompt_length: int,
-        truncation_mode: TruncationMode,
-        prompt_suffix: str = "",
+        tokenize: TokenizeSettings,
         skip_bad_rows: bool = False,
         streaming: bool = False,
         shuffle_buffer: int = 10_000,
@@ -86,20 +83,20 @@ class PreferenceDataModule(L.LightningDataModule):
         ranking_pairs: str = "all",
     ) -> None:
         super().__init__()
-        if rankings not in RANKINGS:
-            raise ConfigError("data.rankings", f"must be one of {', '.join(RANKINGS)}, got {rankings!r}")
-        if ranking_pairs not in RANKING_PAIRS:
-            raise ConfigError("data.ranking_pairs", f"must be one of {', '.join(RANKING_PAIRS)}, got {ranking_pairs!r}")
+        check_batching(
+            batch_size, eval_batch_size, layout, packing_max_tokens, group_by_length, rankings, ranking_pairs
+        )
+        if group_by_length and streaming:
+            raise ConfigError(
+                "data.group_by_length",
+                "needs map-style data (a stream's lengths are not known ahead); "
+                "set task.streaming=false or turn it off",
+            )
         self.source = source
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.tokenize_options = {
-            "max_length": max_length,
-            "max_prompt_length": max_prompt_length,
-            "truncation_mode": truncation_mode,
-            "prompt_suffix": prompt_suffix,
-        }
+        self.tokenize = tokenize
         self.skip_bad_rows = skip_bad_rows
         self.streaming = streaming
         self.shuffle_buffer = shuffle_buffer
@@ -128,7 +125,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.preparer is None:
             preparer = RankingPreparer if self.whole_rankings else PairPreparer
-            self.preparer = preparer(self.tokenizer, PairTokenizer(self.tokenizer, **self.tokenize_options))
+            self.preparer = preparer(self.tokenizer, PairTokenizer(self.tokenizer, self.tokenize))
         if not self.streaming:
             for split in SPLITS:
                 if split not in self.pairs:
@@ -168,13 +165,11 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _micro_batch_size(self) -> int:
         trainer = self.trainer
-        shards = (trainer.world_size * trainer.accumulate_grad_batches) if trainer is not None else 1
-        if self.batch_size % shards:
-            raise ConfigError(
-                "data.batch_size",
-                f"{self.batch_size} is not divisible by world_size × accumulate_grad_batches = {shards}",
-            )
-        return self.batch_size // shards
+        if trainer is None:
+            return self.batch_size
+        return micro_batch_size(
+            self.batch_size, trainer.num_nodes, trainer.num_devices, trainer.accumulate_grad_batches
+        )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | EqualStepsLoader:
         """Batches of `split`; `shuffle` (training): seeded per epoch, and resumed at `resume_point` once."""
@@ -284,3 +279,45 @@ def _example_lengths(examples: datasets.Dataset) -> list[int]:
         return (pc.list_value_length(table.column("prompt_ids")).to_numpy() + response_tokens).tolist()
     lengths = [pc.list_value_length(table.column(column)) for column in ("prompt_ids", "chosen_ids", "rejected_ids")]
     return pc.add(pc.add(lengths[0], lengths[1]), lengths[2]).to_pylist()
+
+
+def micro_batch_size(batch_size: int, num_nodes: int, devices: int, accumulate_grad_batches: int) -> int:
+    """Pairs per device per forward of a global batch of `batch_size` pairs: it must divide evenly."""
+    shards = num_nodes * devices * accumulate_grad_batches
+    if batch_size % shards:
+        raise ConfigError(
+            "data.batch_size",
+            f"{batch_size} pairs (the global batch) is not divisible by trainer.num_nodes × trainer.devices × "
+            f"trainer.accumulate_grad_batches = {num_nodes} × {devices} × {accumulate_grad_batches}",
+        )
+    return batch_size // shards
+
+
+def check_batching(
+    batch_size: int,
+    eval_batch_size: int,
+    layout: str,
+    packing_max_tokens: int | None,
+    group_by_length: bool,
+    rankings: str,
+    ranking_pairs: str,
+) -> None:
+    """Checks of the batching settings (the `data` keys); each failure is one ConfigError naming the key."""
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ConfigError("data.batch_size", f"must be an integer ≥ 1, got {batch_size!r}")
+    if not (isinstance(eval_batch_size, int) and eval_batch_size >= 1):
+        raise ConfigError("data.eval_batch_size", f"must be an integer ≥ 1, got {eval_batch_size!r}")
+    if layout not in LAYOUTS:
+        raise ConfigError("data.layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if not (packing_max_tokens is None or (isinstance(packing_max_tokens, int) and packing_max_tokens >= 2)):
+        raise ConfigError(
+            "data.packing_max_tokens",
+            "must be null (the batch's longest pair) or an integer ≥ 2 (prompt and response token), "
+            f"got {packing_max_tokens!r}",
+        )
+    if not isinstance(group_by_length, bool):
+        raise ConfigError("data.group_by_length", f"must be true or false, got {group_by_length!r}")
+    if rankings not in RANKINGS:
+        raise ConfigError("data.rankings", f"must be one of {', '.join(RANKINGS)}, got {rankings!r}")
+    if ranking_pairs not in RANKING_PAIRS:
+        raise ConfigError("data.ranking_pairs", f"must be one of {', '.join(RANKING_PAIRS)}, got {ranking_pairs!r}")

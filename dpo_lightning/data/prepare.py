@@ -25,10 +25,10 @@ from transformers import PreTrainedTokenizerBase
 
 from dpo_lightning.data.chat import render
 from dpo_lightning.data.rankings import ranking_pairs, ranks_from_scores
-from dpo_lightning.data.sources.base import FILTERED, RowProblem
+from dpo_lightning.data.sources.base import FILTERED
 from dpo_lightning.data.tokenize import PairTokenizer, Rendered, Text, TokenizedPair, TokenizedRanking, Truncation
 from dpo_lightning.data.validate import ranked_problem, triple_problem
-from dpo_lightning.errors import DataError
+from dpo_lightning.errors import DataError, RowProblem
 
 # Read by RowReport.
 REPORT_COLUMNS: tuple[str, ...] = (

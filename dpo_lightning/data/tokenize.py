@@ -19,7 +19,7 @@ tokenizer marks special) is encoded as ordinary text, never as that token, so no
 forge a chat turn: a text (`str`) is encoded with the tokenizer's `split_special_tokens=True`; a conversation
 rendered with the chat template (`Rendered`, from `chat.render`) keeps the template's own markup as special tokens,
 and only the special-token texts that came from its messages are encoded as text. Text without special-token
-texts gets exactly the ids it always had. `task.prompt_suffix` is matched against data prompts, so it is data
+texts gets exactly the ids it always had. `task.tokenize.prompt_suffix` is matched against data prompts, so it is data
 text too, encoded like the prompt it ends.
 """
 
@@ -35,6 +35,35 @@ from dpo_lightning.errors import ConfigError
 
 TruncationMode = Literal["keep_start", "keep_end"]
 TRUNCATION_MODES: tuple[str, ...] = ("keep_start", "keep_end")
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    """How a task's text becomes tokens (`task.tokenize`): the length limits and what truncation keeps.
+
+    A pair longer than `max_length` tokens (prompt + longer response, EOS included) has its prompt cut to
+    `max_prompt_length` (its start kept with `keep_start`, its end with `keep_end`), then its responses to the
+    room left; `prompt_suffix` is text every prompt ends with that truncation keeps (TL;DR's "\nTL;DR:").
+    """
+
+    max_length: int = 512
+    max_prompt_length: int = 256
+    truncation_mode: str = "keep_start"
+    prompt_suffix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError("task.tokenize.max_length", f"must be ≥ 2, got {self.max_length}")
+        if not 1 <= self.max_prompt_length < self.max_length:  # else a cut response could be empty (module docstring)
+            raise ConfigError(
+                "task.tokenize.max_prompt_length",
+                f"must be in [1, task.tokenize.max_length={self.max_length}), got {self.max_prompt_length}",
+            )
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise ConfigError(
+                "task.tokenize.truncation_mode",
+                f"must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation_mode!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -144,20 +173,9 @@ class PairTokenizer:
     with `prompt_suffix` is encoded as body + suffix, and the suffix is protected.
     """
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        max_length: int,
-        max_prompt_length: int,
-        truncation_mode: TruncationMode,
-        prompt_suffix: str = "",
-    ) -> None:
-        if not 1 <= max_prompt_length < max_length:  # else a cut response could be empty (module docstring)
-            raise ConfigError(
-                "task.max_prompt_length", f"must be in [1, task.max_length={max_length}), got {max_prompt_length}"
-            )
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, settings: TokenizeSettings) -> None:
         self.tokenizer = tokenizer
+        self.settings = settings
         # The special tokens: the added tokens marked special, those that `split_special_tokens` encodes as text.
         special = {i: token.content for i, token in tokenizer.added_tokens_decoder.items() if token.special}
         self.special_ids = set(special)
@@ -166,16 +184,16 @@ class PairTokenizer:
         self.specials = re.compile("|".join(re.escape(text) for text in texts) or "(?!)")
         self.newline_ids = self._plain(["\n"])[0]  # what `_inner_text` encodes a text after
         self.limits = {
-            "max_length": max_length,
-            "max_prompt_length": max_prompt_length,
-            "truncation_mode": truncation_mode,
+            "max_length": settings.max_length,
+            "max_prompt_length": settings.max_prompt_length,
+            "truncation_mode": settings.truncation_mode,
         }
-        self.prompt_suffix = prompt_suffix
-        suffix_length = len(self._encode([prompt_suffix])[0]) if prompt_suffix else 0
-        if suffix_length >= max_prompt_length:
+        self.prompt_suffix = settings.prompt_suffix
+        suffix_length = len(self._encode([self.prompt_suffix])[0]) if self.prompt_suffix else 0
+        if suffix_length >= settings.max_prompt_length:
             raise ConfigError(
-                "task.prompt_suffix",
-                f"is {suffix_length} tokens, which leaves no room in max_prompt_length={max_prompt_length}",
+                "task.tokenize.prompt_suffix",
+                f"is {suffix_length} tokens, which leaves no room in max_prompt_length={settings.max_prompt_length}",
             )
 
     def has_special_text(self, text: Text) -> bool:

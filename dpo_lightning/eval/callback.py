@@ -29,7 +29,7 @@ from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.eval.kl import kl_estimate, mean_and_standard_error
 from dpo_lightning.eval.rewards import Reward
 from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
-from dpo_lightning.logprobs import sequence_logprobs
+from dpo_lightning.models.logprobs import sequence_logprobs
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,18 @@
 """The reward–KL frontier of a sweep (the DPO paper's Figure 2, left): expected reward against KL(π ‖ π_ref).
 
-`python -m dpo_lightning.eval.frontier SWEEP_DIR [--per-validation] [--out DIR]` reads finished runs (any folder
-under SWEEP_DIR holding `summary.json`) and writes `frontier.csv` and `frontier.png`;
-`python -m dpo_lightning.eval.frontier --run SWEEP_DIR -- <train.py overrides…>` runs the sweep first.
-One point per run (its final validation) or, with `--per-validation`, one per validation row of
-`csv/metrics.csv` (the policy at that training step). One series per loss (`choices.loss`). When the runs
-logged to W&B (`logger=wandb`), the plot also goes to W&B (`log_to_wandb`; `--no-wandb`: not).
+Reads finished runs (any folder under a sweep folder holding `summary.json`): one point per run (its final
+validation) or, `per_validation`, one per validation row of `csv/metrics.csv` (the policy at that training step);
+one series per loss (`choices.loss`). Writes `frontier.csv` and `frontier.png`. The command around it, which can
+also run the sweep and log the plot to W&B, is `python -m dpo_lightning.cli.frontier`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import re
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +21,6 @@ from matplotlib.figure import Figure
 
 from dpo_lightning.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[2]
 REWARD, REWARD_SE, KL, KL_SE, REFERENCE = "val/reward", "val/reward_se", "val/kl", "val/kl_se", "val/reference_reward"
 STEP = "val/step"  # the global step whose weights a validation sampled (logged by eval/callback.py)
 X_LABEL = "KL(π ‖ π_ref) (nats, sequence-level)"
@@ -164,119 +158,6 @@ def format_table(points: Sequence[FrontierPoint]) -> str:
     return "\n".join(lines)
 
 
-def wandb_settings(sweep_dir: Path) -> dict[str, Any] | None:
-    """The W&B logger config (summary.json's `config.logger`) of the first run under `sweep_dir` that logged to
-    W&B, or None. In a sweep its `group` is the sweep folder (`wandb_logging.name_sweep_run`)."""
-    from dpo_lightning.wandb_logging import TARGET
-
-    for folder in find_runs(sweep_dir):
-        try:
-            summary = json.loads((folder / "summary.json").read_text())
-        except (OSError, ValueError):
-            continue  # collect_points reports it
-        logger = _mapping(_mapping(_mapping(summary).get("config")).get("logger"))
-        if logger.get("_target_") == TARGET:
-            return logger
-    return None
-
-
-def log_to_wandb(png_path: Path, title: str, settings: dict[str, Any] | None) -> str | None:
-    """Log the frontier image (key `frontier`) to the active W&B run, or else, given the runs' W&B `settings`
-    (`wandb_settings`), to a new run named `frontier` in their project, entity and group, in the mode their
-    `mode` resolves to (offline without credentials), with its files in `png_path`'s folder. Returns where it
-    went, None when there is neither."""
-    import wandb
-
-    if wandb.run is None and settings is None:
-        return None
-    image = {"frontier": wandb.Image(str(png_path), caption=title)}
-    if wandb.run is not None:
-        wandb.run.log(image)
-        return f"the active W&B run {wandb.run.name}"
-    from dpo_lightning.wandb_logging import resolve_mode
-
-    mode = resolve_mode(settings.get("mode") or "auto")
-    with wandb.init(
-        project=settings.get("project"),
-        entity=settings.get("entity"),
-        group=settings.get("group"),
-        name="frontier",
-        job_type="frontier",
-        dir=str(png_path.parent),
-        mode=mode,
-        settings=wandb.Settings(silent=True, init_timeout=60),
-    ) as run:
-        run.log(image)
-    return f"W&B run frontier ({mode}, project {settings.get('project')}, group {settings.get('group')})"
-
-
-def sweep_command(sweep_dir: Path, overrides: Sequence[str]) -> list[str]:
-    """`python train.py -m <overrides> hydra.sweep.dir=<sweep_dir>` (run from the repository root)."""
-    return [sys.executable, str(ROOT / "train.py"), "-m", *overrides, f"hydra.sweep.dir={_hydra_value(sweep_dir)}"]
-
-
-def run_sweep(command: Sequence[str], cwd: Path = ROOT) -> int:
-    """Run `command`, streaming its output (stdout and stderr) line by line to stdout; return its exit status."""
-    with subprocess.Popen(
-        list(command), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-    return process.returncode
-
-
-def main(
-    argv: Sequence[str] | None = None,
-    command_for: Callable[[Path, Sequence[str]], list[str]] = sweep_command,
-) -> int:
-    """The command line; `command_for(sweep_dir, overrides)` builds the `--run` command. Returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, overrides = argv[:split], argv[split + 1 :]
-    parser = argparse.ArgumentParser(
-        prog="python -m dpo_lightning.eval.frontier",
-        description="Plot expected reward against KL(π ‖ π_ref) for the runs of a sweep.",
-        epilog="--run SWEEP_DIR -- <overrides…> first runs `train.py -m <overrides…> hydra.sweep.dir=SWEEP_DIR`.",
-    )
-    parser.add_argument("sweep_dir", nargs="?", type=Path, help="a sweep folder (or a run folder)")
-    parser.add_argument("--run", type=Path, metavar="SWEEP_DIR", help="run a train.py sweep into SWEEP_DIR first")
-    parser.add_argument("--per-validation", action="store_true", help="one point per validation, not per run")
-    parser.add_argument("--out", type=Path, help="where frontier.csv and frontier.png go (default: SWEEP_DIR)")
-    parser.add_argument("--no-wandb", action="store_true", help="do not log the plot to W&B (see log_to_wandb)")
-    args = parser.parse_args(argv)
-    if (args.sweep_dir is None) == (args.run is None):
-        parser.error("give SWEEP_DIR or --run SWEEP_DIR (one of them)")
-    if overrides and args.run is None:
-        parser.error("overrides after -- need --run SWEEP_DIR")
-
-    sweep_dir: Path = args.sweep_dir or args.run
-    if args.run is not None:
-        sweep_dir = sweep_dir.resolve()
-        status = run_sweep(command_for(sweep_dir, overrides))
-        if status != 0:
-            print(f"sweep exited with status {status}; the frontier uses the jobs that finished", file=sys.stderr)
-    try:
-        points = collect_points(sweep_dir, args.per_validation)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_table(points))
-    if not any(point.plotted for point in points):
-        print(f"error: {sweep_dir}: no run has {REWARD} and {KL} to plot", file=sys.stderr)
-        return 2
-    title = frontier_title(points)
-    csv_path, png_path = write_frontier(points, args.out or sweep_dir, title)
-    print(f"wrote {csv_path} and {png_path}")
-    logged = None if args.no_wandb else log_to_wandb(png_path, title, wandb_settings(sweep_dir))
-    if logged:
-        print(f"logged {png_path.name} to {logged}")
-    return 0
-
-
 # --- reading one run ---------------------------------------------------------------------------------------------
 
 
@@ -288,18 +169,18 @@ def _run_points(folder: Path, run: str, per_validation: bool) -> list[FrontierPo
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
         return [FrontierPoint(run, "?", None, None, None, None, None, None, "unknown", f"summary.json: {error}")]
-    config, choices = _mapping(summary.get("config")), _mapping(summary.get("choices"))
+    config, choices = as_mapping(summary.get("config")), as_mapping(summary.get("choices"))
     base = FrontierPoint(
         run=run,
         series=_series(choices, config),
-        beta=_optional_float(_mapping(config.get("loss")).get("beta")),  # None: a loss without β (baselines)
+        beta=_optional_float(as_mapping(config.get("loss")).get("beta")),  # None: a loss without β (baselines)
         step=None,
         reward=None,
         reward_se=None,
         kl=None,
         kl_se=None,
         status=str(summary.get("status", "unknown")),
-        task=choices.get("task") or _mapping(config.get("task")).get("name"),
+        task=choices.get("task") or as_mapping(config.get("task")).get("name"),
     )
     if base.status != "completed":
         return [replace(base, note=f"{base.status}: {summary.get('error') or 'no error recorded'}")]
@@ -308,7 +189,7 @@ def _run_points(folder: Path, run: str, per_validation: bool) -> list[FrontierPo
             step = _optional_int(summary.get("global_step"))
         except ValueError as error:
             return [replace(base, note=f"summary.json global_step: {error}")]
-        return [_point(base, step, _mapping(summary.get("metrics")), "summary.json metrics")]
+        return [_point(base, step, as_mapping(summary.get("metrics")), "summary.json metrics")]
     try:
         rows = _validation_rows(folder / "csv" / "metrics.csv")
     except (OSError, ValueError, csv.Error) as error:
@@ -362,11 +243,11 @@ def _series(choices: dict[str, Any], config: dict[str, Any]) -> str:
     """`choices.loss`, else the class name of `config.loss._target_` lower-cased, else `?`."""
     if choices.get("loss"):
         return str(choices["loss"])
-    target = _mapping(config.get("loss")).get("_target_")
+    target = as_mapping(config.get("loss")).get("_target_")
     return str(target).rsplit(".", 1)[-1].lower() if target else "?"
 
 
-def _mapping(value: Any) -> dict[str, Any]:
+def as_mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
@@ -392,7 +273,7 @@ def _natural_key(path: Path) -> list[tuple[int, int | str]]:
     return [(0, int(part)) if part.isdigit() else (1, part) for part in path.parts]
 
 
-def _hydra_value(path: Path) -> str:
+def hydra_value(path: Path) -> str:
     """`path` as a Hydra override value: quoted unless it is plain characters."""
     text = str(path)
     if re.fullmatch(r"[A-Za-z0-9_./\-]+", text):
@@ -401,4 +282,4 @@ def _hydra_value(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit("error: the frontier command is now: python -m dpo_lightning.cli.frontier")

@@ -1,6 +1,6 @@
 """Preference pairs sampled from a model and labelled by a reward — the paper's IMDb recipe (§6.1).
 
-    python -m dpo_lightning.eval.pairs policy=<SFT run> task=sentiment [samples_per_prompt=4] [num_prompts.train=…]
+    python -m dpo_lightning.cli.pairs policy=<SFT run> task=sentiment [samples_per_prompt=4] [num_prompts.train=…]
 
     task prompts ─► K samples each from the policy ─► task reward r(x, y_k) ─► chosen = argmax, rejected = argmin
                                                                             └─► <out>/{train,validation}.parquet
@@ -12,7 +12,7 @@ worst samples score within `min_margin` of each other (always on equal scores) g
 (the model ended at once; training rejects empty responses) are not ranked: such prompts and samples are counted
 in the provenance (`ties`, `too_few_samples`, `empty_samples`), never silently dropped. Train on the result with
 
-    python train.py task=local task.path=<out>/train.parquet task.val_path=<out>/validation.parquet \\
+    python train.py task=local task.source.path=<out>/train.parquet task.source.val_path=<out>/validation.parquet \\
         model.init_from=<SFT run> reward@task.reward=<the task's reward>
 """
 
@@ -28,21 +28,19 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lightning.cli import CONF_DIR, command, one_line_errors
-from dpo_lightning.config import build, init_from_folder
-from dpo_lightning.data.sources import build_source
 from dpo_lightning.data.sources.base import SPLITS
-from dpo_lightning.data.tokenize import PairTokenizer
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.eval.rewards import Reward
 from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions
+from dpo_lightning.instantiate import build, settings
+from dpo_lightning.models.loading import build_model, init_from_folder, load_tokenizer
+from dpo_lightning.models.reference_cache import weights_fingerprint
 
 log = logging.getLogger(__name__)
 PROVENANCE_KEY = b"dpo_lightning.provenance"  # Parquet schema-metadata key of the provenance JSON
@@ -175,26 +173,17 @@ def check_pairs_config(cfg: DictConfig) -> None:
 def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Sample, label and write the pairs of every split in `cfg.num_prompts`; returns the provenance."""
     check_pairs_config(cfg)
-    from dpo_lightning.models import build_model, load_tokenizer  # heavy imports after the config checks
-    from dpo_lightning.reference import weights_fingerprint
-
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    source = build_source(task)
-    reward: Reward = build(cfg.task.reward)
+    source = build(cfg.task.source, "task.source")
+    reward: Reward = build(cfg.task.reward, "task.reward")
     model_config = {**OmegaConf.to_container(cfg.model, resolve=True), "init_from": cfg.policy}
     tokenizer = load_tokenizer(model_config)
     device = torch.device(
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device.replace("auto", "cpu")
     )
     model = build_model(model_config).to(device)
-    settings = SamplingSettings(**cfg.sampling)
-    encode = PairTokenizer(
-        tokenizer,
-        max_length=task["max_length"],
-        max_prompt_length=task["max_prompt_length"],
-        truncation_mode=task["truncation_mode"],
-        prompt_suffix=task["prompt_suffix"],
-    )
+    sampling = settings(SamplingSettings, cfg.sampling, "sampling")
+    encode = PairTokenizer(tokenizer, settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize"))
     provenance: dict[str, Any] = {
         "policy": str(init_from_folder(cfg.policy).resolve()),
         "policy_weights": weights_fingerprint(model),
@@ -214,7 +203,7 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         if not prompts:
             raise DataError(f"{source.origin(split)}: no prompts")
         rows, counts = generate_split(
-            model, tokenizer, prompts, encode, reward, cfg.samples_per_prompt, cfg.min_margin, settings
+            model, tokenizer, prompts, encode, reward, cfg.samples_per_prompt, cfg.min_margin, sampling
         )
         if not rows:
             raise DataError(f"{split}: all {len(prompts)} prompts gave tied samples; no pairs (lower min_margin?)")
@@ -239,7 +228,8 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         )
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     log.info(
-        "pairs in %s; train on them with: python train.py task=local task.path=%s task.val_path=%s model.init_from=%s",
+        "pairs in %s; train on them with: "
+        "python train.py task=local task.source.path=%s task.source.val_path=%s model.init_from=%s",
         out,
         out / "train.parquet",
         out / "validation.parquet",
@@ -248,13 +238,5 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return provenance
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pairs")
-@one_line_errors
-def _pairs(cfg: DictConfig) -> None:
-    generate(cfg, Path(HydraConfig.get().runtime.output_dir))
-
-
-main = command(_pairs)
-
 if __name__ == "__main__":
-    main()
+    raise SystemExit("error: the pairs command is now: python -m dpo_lightning.cli.pairs")

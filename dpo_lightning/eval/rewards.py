@@ -10,10 +10,12 @@ are still reported.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from typing import Any
 
-from dpo_lightning.data.sources.sentiment import sentiment_reward
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
 from dpo_lightning.eval.classifier import ClassifierScorer
 
 
@@ -27,8 +29,20 @@ class Reward(ABC):
         """[B] rewards of the completions of [B] prompts."""
 
 
+@functools.lru_cache(maxsize=1)
+def _vader() -> SentimentIntensityAnalyzer:
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment_reward(prompt: str, completion: str) -> float:
+    """VADER compound score in [-1, 1] of the whole review text `prompt + completion` (as the paper scores x, y
+    together); `completion` is expected to start with a space."""
+    return _vader().polarity_scores(prompt + completion)["compound"]
+
+
 class VaderReward(Reward):
-    """`reward=vader`: VADER's compound score of the whole text (as the paper scores x and y together)."""
+    """`reward=vader`: VADER's compound score of the whole text (as the paper scores x and y together); it also
+    labels the pairs of `task=sentiment` (`task.source.labeller`)."""
 
     name = "vader"
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from dpo_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -35,6 +37,35 @@ class SamplingSettings:
     top_p: float = 1.0
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key, low in (("max_new_tokens", 1), ("batch_size", 1)):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and value >= low):
+                raise ConfigError(f"samples.{key}", f"must be an integer ≥ {low}, got {value!r}")
+        if self.temperature < 0:
+            raise ConfigError("samples.temperature", f"must be ≥ 0 (0: greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("samples.top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class ValidationSamples(SamplingSettings):
+    """The `samples` config: `num_prompts` validation prompts (0: off) sampled at each validation with the
+    sampling settings, and whether `val/kl` is reported (`kl`)."""
+
+    num_prompts: int = 64
+    kl: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.num_prompts, int) and self.num_prompts >= 0):
+            raise ConfigError("samples.num_prompts", f"must be an integer ≥ 0, got {self.num_prompts!r}")
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        """The settings `sample_completions` takes."""
+        return SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.batch_size, self.seed)
 
 
 def generation_config(settings: SamplingSettings, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:

@@ -1,7 +1,7 @@
 """Win rates of a finished run's policy samples against the reference's and the chosen responses.
 
-    python -m dpo_lightning.eval.winrate run_dir=RUN judge.name_or_path=REWARD_MODEL
-    python -m dpo_lightning.eval.winrate run_dir=RUN judge=llm judge.model=gpt-4o step=256
+    python -m dpo_lightning.cli.winrate run_dir=RUN judge.name_or_path=REWARD_MODEL
+    python -m dpo_lightning.cli.winrate run_dir=RUN judge=llm judge.model=gpt-4o step=256
 
 Reads `RUN/samples/step_XXXXXX.csv` (the latest step unless `step=` is given; columns prompt, policy, reference,
 chosen, policy_reward, reference_reward), lets the judge compare `policy` with each opponent column where that is
@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lightning.cli import CONF_DIR, command, one_line_errors
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.eval.judges import Judge, Verdict
 
@@ -258,13 +256,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="winrate")
-@one_line_errors
-def _winrate(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
-
-main = command(_winrate)
-
 if __name__ == "__main__":
-    main()
+    raise SystemExit("error: the winrate command is now: python -m dpo_lightning.cli.winrate")

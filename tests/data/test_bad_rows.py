@@ -4,7 +4,7 @@
 Every bad case either stops the run with one line naming file, row (or line) and field, or, with
 `task.skip_bad_rows=true`, is skipped and counted under its reason in the report that summary.json records as
 `data`. Usable oddities (a prompt longer than max_length, duplicate pairs) are kept and counted. Hub tasks read
-rows in their exact hub schema (a fixture row with some fields replaced) through `task.data_files`. task=imdb
+rows in their exact hub schema (a fixture row with some fields replaced) through `task.source.data_files`. task=imdb
 (prompts only) is here for its unreadable lines; its bad reviews are in test_imdb.py.
 """
 
@@ -23,14 +23,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.prepare import PairPreparer, RowReport
 from dpo_lightning.data.sources import build_source
 from dpo_lightning.data.tokenize import PairTokenizer
 from dpo_lightning.errors import ConfigError, DataError
-from dpo_lightning.models import load_tokenizer
-from dpo_lightning.run import build_datamodule
+from dpo_lightning.models.loading import load_tokenizer
+from dpo_lightning.runtime.run import build_datamodule
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 MAX_LENGTH, MAX_PROMPT_LENGTH = 96, 64  # a cut response keeps 96 − 64 = 32 tokens
@@ -440,8 +440,8 @@ def test_a_held_out_row_is_named_by_its_place_in_the_file(tmp_path):
     rows[7] = bad_rows("local")["empty"][0]
     train = write(tmp_path / "train.jsonl", rows)
     cfg = config("local", train, train)
-    OmegaConf.update(cfg, "task.val_path", None)
-    OmegaConf.update(cfg, "task.val_size", 4)
+    OmegaConf.update(cfg, "task.source.val_path", None)
+    OmegaConf.update(cfg, "task.source.val_size", 4)
     with pytest.raises(DataError) as error:
         prepared(cfg)
     assert str(error.value) in (
@@ -454,7 +454,7 @@ def test_a_held_out_row_is_named_by_its_place_in_the_file(tmp_path):
 def test_generated_sentiment_pairs_have_no_bad_rows(streaming):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
-            "config", overrides=["task.num_train_pairs=48", "task.num_val_pairs=16", f"task.streaming={streaming}"]
+            "config", overrides=["task.source.num_train_pairs=48", "task.source.num_val_pairs=16", f"task.streaming={streaming}"]
         )
     cfg.data.batch_size = cfg.data.eval_batch_size = 64
     report = prepared(cfg).report()
@@ -471,7 +471,7 @@ def test_imdb_prompts_stop_at_an_unreadable_line_naming_file_and_line(case, tmp_
         line, detail = b'{"text": "A fine caf\xe9.", "label": 1}', "byte 0xe9 at byte 21 of the line"
     train = write(tmp_path / "reviews.jsonl", [review, line, review])
     cfg = copy.deepcopy(_composed("imdb"))
-    OmegaConf.update(cfg, "task.data_files.train", str(train))
+    OmegaConf.update(cfg, "task.source.data_files.train", str(train))
     prompts = build_source(OmegaConf.to_container(cfg.task, resolve=True)).prompts("train")
     assert next(prompts).startswith("A fine")  # the review before it still comes out
     with pytest.raises(DataError) as error:

@@ -13,15 +13,15 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import source_arguments
-from dpo_lightning.data.sources.base import FILTERED, HubSource, RowProblem
+from dpo_lightning.cli.checks import source_arguments
+from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.data.sources.base import FILTERED, HubSource
 from dpo_lightning.data.sources.hh import HHSource
 from dpo_lightning.data.sources.shp import SHPSource
 from dpo_lightning.data.sources.tldr import TLDRSource
 from dpo_lightning.data.sources.ultrafeedback import UltraFeedbackSource
 from dpo_lightning.data.validate import triple_problem
-from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.errors import ConfigError, DataError, RowProblem
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SOURCES = {"hh": HHSource, "tldr": TLDRSource, "shp": SHPSource, "ultrafeedback": UltraFeedbackSource}
@@ -275,7 +275,7 @@ def test_shp_min_score_ratio_is_configurable():
         "filtered: score ratio < 2.5",
         "filtered: score ratio < 2.5",
     ]
-    with pytest.raises(ConfigError, match=r"^task.min_score_ratio: must be ≥ 1"):
+    with pytest.raises(ConfigError, match=r"^task.source.min_score_ratio: must be ≥ 1"):
         source("shp", min_score_ratio=0.5)
 
 
@@ -411,7 +411,7 @@ EXPECTED_KEYS = {
 
 @pytest.mark.parametrize("task", SOURCES)
 def test_task_configs_compose_and_instantiate_on_the_fixtures(task):
-    overrides = [f"task={task}", *(f"task.data_files.{split}={fixture(task, split)}" for split in SPLITS)]
+    overrides = [f"task={task}", *(f"task.source.data_files.{split}={fixture(task, split)}" for split in SPLITS)]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     options = OmegaConf.to_container(cfg.task, resolve=True)
@@ -444,4 +444,4 @@ def test_an_unreachable_hub_dataset_is_one_line_naming_task_data_files(monkeypat
         assert time.monotonic() - start < 5  # fails at once: no retries
         message = str(error.value)
         assert "\n" not in message and "'dpo-lightning-tests/not-a-dataset'" in message
-        assert "task.data_files.train=FILE" in message
+        assert "task.source.data_files.train=FILE" in message

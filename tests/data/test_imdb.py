@@ -1,4 +1,4 @@
-"""`task=imdb` (IMDbPrompts) on the review fixtures through `task.data_files`: prompts are review prefixes of
+"""`task=imdb` (IMDbPrompts) on the review fixtures through `task.source.data_files`: prompts are review prefixes of
 k ∈ [min_prefix_words, max_prefix_words] words, seeded; prompts only (`load` refuses); bad rows and bounds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.sources import build_source
 from dpo_lightning.data.sources.imdb import IMDbPrompts
 from dpo_lightning.errors import ConfigError, DataError
@@ -23,7 +23,7 @@ SPLITS = ("train", "validation")
 def imdb_source(*overrides: str, files: dict[str, Path] | None = None) -> IMDbPrompts:
     """The source of the composed `task=imdb` (as the pairs command builds it), reading local files."""
     files = files or {split: FIXTURES / f"{split}.jsonl" for split in SPLITS}
-    data_files = [f"task.data_files.{split}={file}" for split, file in files.items()]
+    data_files = [f"task.source.data_files.{split}={file}" for split, file in files.items()]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("pairs", overrides=["policy=unused", "task=imdb", *data_files, *overrides])
     return build_source(OmegaConf.to_container(cfg.task, resolve=True))
@@ -57,7 +57,7 @@ def prefix_lengths(source: IMDbPrompts, split: str) -> list[int]:
 @pytest.mark.parametrize("bounds", [(2, 8), (1, 3), (5, 5), (7, 9)])
 def test_prompts_are_the_first_k_words_of_each_review(bounds):
     low, high = bounds
-    source = imdb_source(f"task.min_prefix_words={low}", f"task.max_prefix_words={high}")
+    source = imdb_source(f"task.source.min_prefix_words={low}", f"task.source.max_prefix_words={high}")
     assert (source.min_prefix_words, source.max_prefix_words) == bounds
     for split in SPLITS:
         prefix_lengths(source, split)
@@ -65,7 +65,7 @@ def test_prompts_are_the_first_k_words_of_each_review(bounds):
 
 def test_line_breaks_become_spaces_in_the_prompt():
     # Train review 1 is "This is a wonderful little production. <br /><br />The filming …": its 7th word is "The".
-    source = imdb_source("task.min_prefix_words=7", "task.max_prefix_words=7")
+    source = imdb_source("task.source.min_prefix_words=7", "task.source.max_prefix_words=7")
     assert list(source.prompts("train"))[1] == "This is a wonderful little production. The"
 
 
@@ -85,7 +85,7 @@ def test_load_refuses_and_points_to_the_pairs_command():
         message = str(error.value)
         assert error.value.key == "task" and "\n" not in message
         assert message.startswith("task: task=imdb holds prompts only")
-        assert "python -m dpo_lightning.eval.pairs task=imdb" in message and "task=local" in message
+        assert "python -m dpo_lightning.cli.pairs task=imdb" in message and "task=local" in message
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_a_file_without_text_column_names_the_file(tmp_path):
 @pytest.mark.parametrize(("low", "high"), [(5, 3), (0, 4), (-1, 2)])
 def test_impossible_prefix_bounds_are_a_config_error(low, high):
     with pytest.raises(ConfigError) as error:
-        imdb_source(f"task.min_prefix_words={low}", f"task.max_prefix_words={high}")
-    assert error.value.key == "task.min_prefix_words"
-    assert str(error.value).startswith("task.min_prefix_words: ") and "\n" not in str(error.value)
+        imdb_source(f"task.source.min_prefix_words={low}", f"task.source.max_prefix_words={high}")
+    assert error.value.key == "task.source.min_prefix_words"
+    assert str(error.value).startswith("task.source.min_prefix_words: ") and "\n" not in str(error.value)
     assert f"got {low} and {high}" in str(error.value)

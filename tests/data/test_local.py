@@ -10,7 +10,7 @@ import pytest
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.sources.local import LocalSource, split_common_prefix
 from dpo_lightning.errors import ConfigError, DataError
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
 ROWS = [{"prompt": f"Question {i}?", "chosen": f" good answer {i}", "rejected": f" bad answer {i}"} for i in range(20)]
 
@@ -53,9 +53,9 @@ def test_separate_validation_file_and_renamed_columns(tmp_path):
 
 
 def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"task.path: file not found: .*nope.jsonl"):
+    with pytest.raises(ConfigError, match=r"task.source.path: file not found: .*nope.jsonl"):
         LocalSource(str(tmp_path / "nope.jsonl"))
-    with pytest.raises(ConfigError, match=r"task.path: unsupported file type '\.txt'"):
+    with pytest.raises(ConfigError, match=r"task.source.path: unsupported file type '\.txt'"):
         LocalSource(str(_write(tmp_path / "pairs.txt", ROWS)))
 
 

@@ -14,9 +14,9 @@ from hydra.utils import get_object
 from omegaconf import OmegaConf
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import source_arguments
-from dpo_lightning.data.sources.base import RowProblem, is_ranked, row_features
+from dpo_lightning.cli.checks import source_arguments
+from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.data.sources.base import is_ranked, row_features
 from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.sources.sentiment import (
     SentimentSource,
@@ -25,7 +25,7 @@ from dpo_lightning.data.sources.sentiment import (
 )
 from dpo_lightning.data.sources.shp import SHPSource
 from dpo_lightning.data.sources.ultrafeedback_ranked import UltraFeedbackRankedSource, held_out
-from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.errors import ConfigError, DataError, RowProblem
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SPLITS = ("train", "validation")
@@ -196,10 +196,10 @@ def test_local_bad_rankings_name_the_field(tmp_path, order, problem):
 @pytest.mark.parametrize(
     ("options", "key"),
     [
-        ({"responses_column": "responses", "ranking_column": "ranking"}, "task.ranking_column"),  # and scores
-        ({"responses_column": "responses", "scores_column": None}, "task.scores_column"),  # neither
-        ({"responses_column": "responses", "prompt_column": None}, "task.prompt_column"),  # implicit prompt
-        ({"ranking_column": "ranking"}, "task.ranking_column"),  # pairs have no ranking
+        ({"responses_column": "responses", "ranking_column": "ranking"}, "task.source.ranking_column"),  # and scores
+        ({"responses_column": "responses", "scores_column": None}, "task.source.scores_column"),  # neither
+        ({"responses_column": "responses", "prompt_column": None}, "task.source.prompt_column"),  # implicit prompt
+        ({"ranking_column": "ranking"}, "task.source.ranking_column"),  # pairs have no ranking
     ],
 )
 def test_local_ranked_config_errors_name_the_key(tmp_path, options, key):
@@ -325,9 +325,9 @@ def test_shp_rows_without_post_id_and_unreadable_lines_stay_rows_of_their_own(tm
 
 
 def test_shp_grouping_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"^task.group_by_post: .*task.streaming=false"):
+    with pytest.raises(ConfigError, match=r"^task.source.group_by_post: .*task.streaming=false"):
         shp(group_by_post=True).load("train", streaming=True)
-    with pytest.raises(ConfigError, match=r"^task.min_score_ratio: filters pairs only"):
+    with pytest.raises(ConfigError, match=r"^task.source.min_score_ratio: filters pairs only"):
         shp(group_by_post=True, min_score_ratio=3.0)
     path = write_jsonl(
         tmp_path / "posts.jsonl", [{k: v for k, v in r.items() if k != "c_root_id_B"} for r in shp_rows()]
@@ -509,9 +509,9 @@ def test_ultrafeedback_a_split_of_its_own_is_read_whole():
 @pytest.mark.parametrize(
     ("options", "key"),
     [
-        ({"score": "median"}, "task.score"),
-        ({"val_fraction": 0.0}, "task.val_fraction"),
-        ({"val_fraction": 1}, "task.val_fraction"),
+        ({"score": "median"}, "task.source.score"),
+        ({"val_fraction": 0.0}, "task.source.val_fraction"),
+        ({"val_fraction": 1}, "task.source.val_fraction"),
     ],
 )
 def test_ultrafeedback_config_errors_name_the_key(options, key):
@@ -528,7 +528,7 @@ def test_ultrafeedback_missing_column_names_the_file(tmp_path, streaming):
 
 
 def test_ultrafeedback_ranked_config_composes_and_reads_the_fixtures():
-    files = [f"task.data_files.{split}={FIXTURES / 'ultrafeedback_raw' / f'{split}.jsonl'}" for split in SPLITS]
+    files = [f"task.source.data_files.{split}={FIXTURES / 'ultrafeedback_raw' / f'{split}.jsonl'}" for split in SPLITS]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["task=ultrafeedback_ranked", *files])
     options = OmegaConf.to_container(cfg.task, resolve=True)
@@ -593,8 +593,8 @@ def test_sentiment_source_with_rankings(streaming):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"responses_per_prompt": 1}, r"^task.responses_per_prompt: must be ≥ 2"),
-        ({"responses_per_prompt": 5, "min_margin": 0.5}, r"^task.responses_per_prompt: 5 rewards in \[-1, 1\]"),
+        ({"responses_per_prompt": 1}, r"^task.source.responses_per_prompt: must be ≥ 2"),
+        ({"responses_per_prompt": 5, "min_margin": 0.5}, r"^task.source.responses_per_prompt: 5 rewards in \[-1, 1\]"),
     ],
 )
 def test_sentiment_ranking_config_errors(options, message):
@@ -611,7 +611,7 @@ def test_sentiment_an_unreachable_margin_fails_instead_of_hanging():
 
 def test_sentiment_config_keeps_pairs_by_default():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["task=sentiment", "task.responses_per_prompt=3", "task.num_train_pairs=4"])
+        cfg = compose("config", overrides=["task=sentiment", "task.source.responses_per_prompt=3", "task.source.num_train_pairs=4"])
     options = OmegaConf.to_container(cfg.task, resolve=True)
     built = get_object(options["_target_"])(**{**source_arguments(options), "num_val_pairs": 2})
     assert is_ranked(built) and len(built.load("validation")[0]["responses"]) == 3

@@ -16,7 +16,7 @@ from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs
 from dpo_lightning.data.tokenize import PairTokenizer
 from dpo_lightning.errors import DataError
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
 NUM_ROWS = 37
 

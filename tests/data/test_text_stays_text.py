@@ -16,12 +16,11 @@ from dpo_lightning.data import fingerprint
 from dpo_lightning.data.chat import render
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.prepare import PairPreparer
-from dpo_lightning.data.sources.base import RowProblem
 from dpo_lightning.data.sources.files import read_files
 from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.tokenize import PairTokenizer, Rendered
-from dpo_lightning.errors import ConfigError
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.errors import ConfigError, RowProblem
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
 MODES = pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
 CORPUS = ["Hello there, how are you? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 20

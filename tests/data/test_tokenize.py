@@ -4,7 +4,7 @@ import pytest
 
 from dpo_lightning.data.tokenize import PairTokenizer, truncate_pair
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
 PROMPT = list(range(100, 120))  # 20 tokens
 EOS = 1

@@ -236,7 +236,7 @@ def test_empty_sweep_folder_is_a_one_line_error_with_status_2(tmp_path):
     empty.mkdir()
     (empty / "0").mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "dpo_lightning.eval.frontier", str(empty)],
+        [sys.executable, "-m", "dpo_lightning.cli.frontier", str(empty)],
         cwd=ROOT,
         capture_output=True,
         text=True,

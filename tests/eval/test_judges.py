@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.eval.classifier import ClassifierScorer
 from dpo_lightning.eval.judges import LLMJudge, RewardModelJudge, Verdict, parse_final_answer
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 TEXTS = ["a fine film", "dull, slow and far too long for what it has to say", "ok", "the best movie of the year!"]

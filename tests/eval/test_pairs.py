@@ -1,4 +1,4 @@
-"""`python -m dpo_lightning.eval.pairs`: ranking samples, task prompts, the command end to end on a tiny random
+"""`python -m dpo_lightning.cli.pairs`: ranking samples, task prompts, the command end to end on a tiny random
 policy (pairs = argmax/argmin of VADER rescoring, provenance, readable by task=local, seeded), bad configs."""
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from test_train import ROOT
 
-from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.sources import build_source
 from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs, sentiment_reward
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.eval.pairs import best_and_worst, check_pairs_config, task_prompts
 from dpo_lightning.eval.sampling import SamplingSettings
-from dpo_lightning.export import export_policy
-from dpo_lightning.models import build_model, load_tokenizer
-from dpo_lightning.reference import weights_fingerprint
+from dpo_lightning.models.loading import build_model, load_tokenizer
+from dpo_lightning.models.reference import weights_fingerprint
+from dpo_lightning.runtime.export import export_policy
 
 SPLITS = ("train", "validation")
 PROMPTS = {"train": 12, "validation": 4}
@@ -48,7 +48,7 @@ def compose_config(name: str, *overrides: str) -> DictConfig:
 
 
 def pairs(*overrides: str, run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "dpo_lightning.eval.pairs", *overrides, f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, "-m", "dpo_lightning.cli.pairs", *overrides, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -202,7 +202,7 @@ def test_provenance_names_policy_weights_settings_and_is_in_each_file(generated,
 
 def test_task_local_reads_the_pairs(generated):
     files = {split: generated / f"{split}.parquet" for split in SPLITS}
-    cfg = compose_config("config", "task=local", f"task.path={files['train']}", f"task.val_path={files['validation']}")
+    cfg = compose_config("config", "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}")
     source = build_source(OmegaConf.to_container(cfg.task, resolve=True))
     for split in SPLITS:
         loaded = source.load(split).to_list()
@@ -212,11 +212,11 @@ def test_task_local_reads_the_pairs(generated):
 
 
 def test_task_local_reads_the_samples_as_rankings(generated):
-    """The same files as ranked data: every prompt's K scored samples (`task.responses_column=responses`)."""
+    """The same files as ranked data: every prompt's K scored samples (`task.source.responses_column=responses`)."""
     files = {split: generated / f"{split}.parquet" for split in SPLITS}
     cfg = compose_config(
-        "config", "task=local", f"task.path={files['train']}", f"task.val_path={files['validation']}",
-        "task.responses_column=responses",
+        "config", "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}",
+        "task.source.responses_column=responses",
     )  # fmt: skip
     source = build_source(OmegaConf.to_container(cfg.task, resolve=True))
     for split in SPLITS:
@@ -246,7 +246,7 @@ def test_the_same_seed_gives_the_same_pairs(generated, policy, tmp_path):
     [
         (["policy=POLICY", "samples_per_prompt=1"], "error: samples_per_prompt: must be an integer ≥ 2, got 1"),
         (
-            ["policy=POLICY", "task=local", "task.path=DATA"],
+            ["policy=POLICY", "task=local", "task.source.path=DATA"],
             "error: task.reward: pair generation ranks samples by the task's reward; this task has none",
         ),
         (
@@ -322,7 +322,7 @@ def task_reward(task: str) -> str:
 @pytest.mark.parametrize("task", TASKS)
 def test_every_task_with_a_reward_is_accepted(task, policy, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": " c", "rejected": " r"}] * 3)
-    path = [f"task.path={data}"] if task == "local" else []
+    path = [f"task.source.path={data}"] if task == "local" else []
     cfg = compose_config("pairs", f"policy={policy[0]}", f"task={task}", *path)
     if task_reward(task) == "none":
         with pytest.raises(ConfigError) as error:

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from dpo_lightning.data.sources.sentiment import sentiment_reward
 from dpo_lightning.eval.rewards import ClassifierReward, VaderReward
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["The acting was", "Two hours later, the plot seemed"]

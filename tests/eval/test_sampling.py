@@ -14,9 +14,9 @@ from dpo_lightning.eval.callback import SampleEvaluation
 from dpo_lightning.eval.kl import kl_estimate, mean_and_standard_error
 from dpo_lightning.eval.rewards import VaderReward
 from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
-from dpo_lightning.models import build_model
-from dpo_lightning.module import KL_REFERENCE_PREFIX, REFERENCE_PREFIX, DPOLitModule
-from dpo_lightning.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.models.loading import build_model
+from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
+from dpo_lightning.training.module import KL_REFERENCE_PREFIX, REFERENCE_PREFIX, DPOLitModule
 
 TOKENIZER = load_tiny_tokenizer()
 # The test model on the shipped tokenizer's vocabulary, so that samples decode to text.

@@ -1,4 +1,4 @@
-"""`python -m dpo_lightning.eval.winrate`: samples files, counts, Wilson intervals, judges, bad input."""
+"""`python -m dpo_lightning.cli.winrate`: samples files, counts, Wilson intervals, judges, bad input."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_judges import KEY_ENV, SECRET, FakeChatServer, reference_logits, save_tiny_classifier
 
-from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.eval.judges import Judge, Verdict
 from dpo_lightning.eval.winrate import (
@@ -202,7 +202,7 @@ def test_win_rates_skip_empty_opponents_and_subsample_the_same_rows():
 
 def winrate(*overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dpo_lightning.eval.winrate", *overrides]
+    command = [sys.executable, "-m", "dpo_lightning.cli.winrate", *overrides]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from test_module import ADAMW, MODEL
 from test_train import SMALL, _summary, train
 
-from dpo_lightning.cli import CONF_DIR
-from dpo_lightning.config import validate_config
+from dpo_lightning.cli.checks import validate_config
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.collate import Batch, collate_padded
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.logprobs import sum_per_sequence, token_logprobs
 from dpo_lightning.losses import PairLogps, RankingLogps, TokenLogps
-from dpo_lightning.models import build_model
-from dpo_lightning.module import DPOLitModule
+from dpo_lightning.models.loading import build_model
+from dpo_lightning.models.logprobs import sum_per_sequence, token_logprobs
+from dpo_lightning.training.module import DPOLitModule
 
 LOSSES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
 # What one small descent step does to the batch's mean summed log-probs: "chosen" up, "rejected" down, and the
@@ -46,8 +46,8 @@ PAIRS = 8
 SGD_LR = 1e-3  # small enough that the first-order effect of the step dominates
 # Even smaller end-to-end runs than test_train's SMALL (later overrides win): 2 steps of 8 pairs.
 TINY = [
-    "task.num_train_pairs=16",
-    "task.num_val_pairs=8",
+    "task.source.num_train_pairs=16",
+    "task.source.num_val_pairs=8",
     "data.eval_batch_size=8",
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",

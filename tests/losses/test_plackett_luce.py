@@ -12,14 +12,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from dpo_lightning.cli import CONF_DIR
+from dpo_lightning.cli.train import CONF_DIR
 from dpo_lightning.data.rankings import ranks_from_scores
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.losses import LossOutput, PairLogps, RankingLogps
 from dpo_lightning.losses.dpo import DPO, dpo_loss
 from dpo_lightning.losses.plackett_luce import TIES, PlackettLuce, plackett_luce_loss
 from dpo_lightning.losses.sft import SFT
-from dpo_lightning.metrics import preference_metrics, ranking_metrics
+from dpo_lightning.training.metrics import preference_metrics, ranking_metrics
 
 BETA = 0.1
 TOL = {"rtol": 1e-5, "atol": 1e-5}  # the loss computes in fp32 from float64 inputs

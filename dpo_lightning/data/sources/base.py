@@ -41,7 +41,7 @@ from dpo_lightning.data.sources.files import (
     first_line,
     read_files,
 )
-from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.errors import ConfigError, DataError, RowFiltered, RowProblem
 
 TRIPLE_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected")
 RANKED_COLUMNS: tuple[str, ...] = ("prompt", "responses", "scores")  # a ranked source's row (data/rankings.py)
@@ -50,14 +50,6 @@ FILTERED = "filtered: "  # prefix of the `problem` of a row left out by the task
 # A conversation: a list of {"role", "content"} messages (sources normalise messages to exactly these keys).
 MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
 POSITION = "__row__"  # raw column: the row's position in its files, where rows were reordered (a hold-out)
-
-
-class RowProblem(ValueError):
-    """Raised by `parse` for a row that cannot become a triple; its message is `<field>: <reason>`."""
-
-
-class RowFiltered(ValueError):
-    """Raised by `parse` for a row that the task's recipe excludes (e.g. SHP pairs with a score ratio < 2)."""
 
 
 def as_text(value: Any, field: str) -> str:
@@ -187,7 +179,7 @@ class HubSource(RowSource):
         data_files: Mapping[str, str | list[str]] | None = None,
     ) -> None:
         if not splits or set(splits) - set(SPLITS):
-            raise ConfigError("task.splits", f"keys must be among {list(SPLITS)}, got {sorted(splits or {})}")
+            raise ConfigError("task.source.splits", f"keys must be among {list(SPLITS)}, got {sorted(splits or {})}")
         self.path, self.subset, self.data_dir, self.revision = path, subset, data_dir, revision
         self.splits = dict(splits)
         self.data_files: dict[str, list[Path]] = {}
@@ -195,9 +187,9 @@ class HubSource(RowSource):
             if files is None:  # this split comes from the hub
                 continue
             if split not in SPLITS:
-                raise ConfigError("task.data_files", f"keys must be among {list(SPLITS)}, got {split!r}")
+                raise ConfigError("task.source.data_files", f"keys must be among {list(SPLITS)}, got {split!r}")
             files = [files] if isinstance(files, str) else list(files)
-            self.data_files[split] = [check_data_file(f"task.data_files.{split}", file) for file in files]
+            self.data_files[split] = [check_data_file(f"task.source.data_files.{split}", file) for file in files]
 
     def origin(self, split: str) -> str:
         if split in self.data_files:
@@ -209,7 +201,7 @@ class HubSource(RowSource):
         if split in self.data_files:
             return read_files(self.data_files[split], streaming, self.text_columns)
         if split not in self.splits:
-            raise ConfigError("task.splits", f"no {split!r} split configured; have {sorted(self.splits)}")
+            raise ConfigError("task.source.splits", f"no {split!r} split configured; have {sorted(self.splits)}")
         try:
             return datasets.load_dataset(
                 self.path,
@@ -222,5 +214,6 @@ class HubSource(RowSource):
         except Exception as error:  # offline, unknown id or subset, no access, a loading script: one line
             raise DataError(
                 f"cannot load {self.path!r} from the Hugging Face hub ({first_line(error)}); without network, point "
-                "the task at local files in the hub schema: task.data_files.train=FILE task.data_files.validation=FILE"
+                "the task at local files in the hub schema: "
+                "task.source.data_files.train=FILE task.source.data_files.validation=FILE"
             ) from error

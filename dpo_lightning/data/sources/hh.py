@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpo_lightning.data.sources.base import HubSource, RowProblem, as_text
+from dpo_lightning.data.sources.base import HubSource, as_text
+from dpo_lightning.errors import RowProblem
 
 ASSISTANT = "\n\nAssistant:"  # the marker of an assistant turn
 

@@ -2,7 +2,7 @@
 
 The paper (Rafailov et al. 2023, §6.1) prompts the policy with prefixes of `stanfordnlp/imdb` reviews and
 scores continuations with a sentiment classifier; its preference pairs are sampled from the SFT model, not
-read from a dataset. So this task holds prompts only: `python -m dpo_lightning.eval.pairs task=imdb …` samples
+read from a dataset. So this task holds prompts only: `python -m dpo_lightning.cli.pairs task=imdb …` samples
 and labels the pairs, and training reads them with `task=local`. A raw row `{"text": "...", "label": 0 | 1}`
 becomes the prompt "the first k words of the review" (HTML line breaks `<br />` replaced by spaces), k drawn
 uniformly from [min_prefix_words, max_prefix_words] by a per-row seeded RNG (the paper: 2–8 GPT-2 tokens).
@@ -17,15 +17,15 @@ from typing import Any
 
 import datasets
 
-from dpo_lightning.data.sources.base import HubSource, RowProblem, as_text
+from dpo_lightning.data.sources.base import HubSource, as_text
 from dpo_lightning.data.sources.files import UNREADABLE, UNREADABLE_ERROR, decode_json_columns
-from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.errors import ConfigError, DataError, RowProblem
 
 _LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 class IMDbPrompts(HubSource):
-    """Review-prefix prompts from `stanfordnlp/imdb` (or local files in its schema, `task.data_files`)."""
+    """Review-prefix prompts from `stanfordnlp/imdb` (or local files in its schema, `task.source.data_files`)."""
 
     required_columns = ("text",)
     text_columns = ("text",)
@@ -35,7 +35,7 @@ class IMDbPrompts(HubSource):
         super().__init__(**hub)
         if not 1 <= min_prefix_words <= max_prefix_words:
             raise ConfigError(
-                "task.min_prefix_words",
+                "task.source.min_prefix_words",
                 f"need 1 ≤ min_prefix_words ≤ max_prefix_words, got {min_prefix_words} and {max_prefix_words}",
             )
         self.min_prefix_words, self.max_prefix_words, self.seed = min_prefix_words, max_prefix_words, seed
@@ -68,5 +68,5 @@ class IMDbPrompts(HubSource):
         raise ConfigError(
             "task",
             "task=imdb holds prompts only (the paper samples its pairs from the SFT model): run "
-            "`python -m dpo_lightning.eval.pairs task=imdb policy=<SFT run>`, then train on the pairs with task=local",
+            "`python -m dpo_lightning.cli.pairs task=imdb policy=<SFT run>`, then train on the pairs with task=local",
         )

@@ -2,7 +2,7 @@
 
     standard          {"prompt": "…", "chosen": "…", "rejected": "…"}
     conversational    {"prompt": [messages…], "chosen": [assistant message], "rejected": [assistant message]}
-    implicit prompt   {"chosen": "…", "rejected": "…"}          (task.prompt_column=null)
+    implicit prompt   {"chosen": "…", "rejected": "…"}          (task.source.prompt_column=null)
                       {"chosen": [messages…], "rejected": [messages…]}
 
 Messages are {"role": "system" | "user" | "assistant", "content": "…"}; conversational rows are rendered
@@ -10,12 +10,12 @@ with the model tokenizer's chat template. With an implicit prompt, the prompt is
 of chosen and rejected: whole messages for conversations; for text, cut back to the last whitespace so
 that both responses start at a word (" 42" / " 41", not "2" / "1").
 
-Ranked data (`data/rankings.py`; task.responses_column set): K ≥ 2 responses per prompt, each scored (higher is
+Ranked data (`data/rankings.py`; task.source.responses_column set): K ≥ 2 responses per prompt, each scored (higher is
 better) or ranked (response indices, best first):
 
     scored            {"prompt": "…", "responses": ["…", "…", "…"], "scores": [7, 9.5, 2]}
     ranked            {"prompt": "…", "responses": ["…", "…", "…"], "ranking": [1, 0, 2]}
-                      (task.scores_column=null task.ranking_column=ranking)
+                      (task.source.scores_column=null task.source.ranking_column=ranking)
     conversational    {"prompt": [messages…], "responses": [[assistant message], …], "scores": […]}
 
 A ranking becomes scores with `scores_from_ranking` (place p of K scores K − p). Ranked rows need a prompt column.
@@ -29,9 +29,9 @@ import datasets
 
 from dpo_lightning.data.chat import Messages, as_messages
 from dpo_lightning.data.rankings import ranking_problem, scores_from_ranking, scores_problem
-from dpo_lightning.data.sources.base import POSITION, RowProblem, RowSource, as_text
+from dpo_lightning.data.sources.base import POSITION, RowSource, as_text
 from dpo_lightning.data.sources.files import UNREADABLE, check_data_file, read_files
-from dpo_lightning.errors import ConfigError
+from dpo_lightning.errors import ConfigError, RowProblem
 
 
 def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -68,11 +68,13 @@ class LocalSource(RowSource):
         scores_column: str | None = "scores",
         ranking_column: str | None = None,
     ) -> None:
-        self.files = {"train": check_data_file("task.path", path)}
+        self.files = {"train": check_data_file("task.source.path", path)}
         if val_path is not None:
-            self.files["validation"] = check_data_file("task.val_path", val_path)
+            self.files["validation"] = check_data_file("task.source.val_path", val_path)
         elif not val_size > 0:
-            raise ConfigError("task.val_size", f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}")
+            raise ConfigError(
+                "task.source.val_size", f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}"
+            )
         self.val_size = val_size
         self.prompt_column, self.chosen_column, self.rejected_column = prompt_column, chosen_column, rejected_column
         self.responses_column, self.scores_column, self.ranking_column = responses_column, scores_column, ranking_column
@@ -82,7 +84,9 @@ class LocalSource(RowSource):
             columns = (prompt_column, responses_column, scores_column, ranking_column)
         else:
             if ranking_column is not None:
-                raise ConfigError("task.ranking_column", "applies to ranked data only: set task.responses_column too")
+                raise ConfigError(
+                    "task.source.ranking_column", "applies to ranked data only: set task.source.responses_column too"
+                )
             columns = (prompt_column, chosen_column, rejected_column)
         self.required_columns = tuple(c for c in columns if c is not None)
         self.text_columns = tuple(c for c in self.required_columns if c not in (scores_column, ranking_column))
@@ -91,11 +95,15 @@ class LocalSource(RowSource):
 
     def _check_ranked_columns(self) -> None:
         if self.prompt_column is None:
-            raise ConfigError("task.prompt_column", "ranked rows need a prompt column (implicit prompts are for pairs)")
-        if (self.scores_column is None) == (self.ranking_column is None):
-            key = "task.ranking_column" if self.ranking_column is not None else "task.scores_column"
             raise ConfigError(
-                key, "ranked rows need exactly one of task.scores_column and task.ranking_column (null the other)"
+                "task.source.prompt_column", "ranked rows need a prompt column (implicit prompts are for pairs)"
+            )
+        if (self.scores_column is None) == (self.ranking_column is None):
+            key = "task.source.ranking_column" if self.ranking_column is not None else "task.source.scores_column"
+            raise ConfigError(
+                key,
+                "ranked rows need exactly one of task.source.scores_column and task.source.ranking_column "
+                "(null the other)",
             )
 
     def origin(self, split: str) -> str:
@@ -107,7 +115,9 @@ class LocalSource(RowSource):
         if "validation" in self.files:
             rows = read_files([self.files[split]], streaming, self.text_columns)
         elif streaming:
-            raise ConfigError("task.val_path", "streaming needs a separate validation file (a stream has no hold-out)")
+            raise ConfigError(
+                "task.source.val_path", "streaming needs a separate validation file (a stream has no hold-out)"
+            )
         else:
             if self._held_out is None:
                 self._held_out = self._hold_out(read_files([self.files["train"]], False, self.text_columns))
@@ -122,7 +132,7 @@ class LocalSource(RowSource):
         held_out = self.val_size if self.val_size < 1 else int(self.val_size)
         count = math.ceil(held_out * len(rows)) if held_out < 1 else held_out
         if not 1 <= count < len(rows):
-            raise ConfigError("task.val_size", f"holds out {count} of {len(rows)} rows; both splits need ≥ 1")
+            raise ConfigError("task.source.val_size", f"holds out {count} of {len(rows)} rows; both splits need ≥ 1")
         rows = rows.add_column(POSITION, range(len(rows)))
         return rows.train_test_split(test_size=count, seed=self.seed, shuffle=True)
 

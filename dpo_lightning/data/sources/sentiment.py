@@ -10,10 +10,11 @@ to continue any prefix positively. Here the project writes the reviews itself, s
   intensifiers, negations, connectives) in 1–3 clauses; each continuation has its own random leaning, from
   all-negative through mixed to all-positive, so a pair may be far apart in sentiment or close (both
   positive, both negative);
-- the reward is VADER's compound score of the whole text `x + y` (`sentiment_reward`), a real and
-  independent lexicon-based scorer whose lexicon ships inside the `vaderSentiment` package. The generator's
-  own word banks never decide a preference: `chosen` is whichever continuation VADER scores higher, and
-  pairs closer than `min_margin` are redrawn, so there are no near-ties.
+- the reward is the `labeller` the source is given: the task config gives VADER's compound score of the whole
+  text `x + y` (`eval.rewards.VaderReward`), a real and independent lexicon-based scorer whose lexicon ships
+  inside the `vaderSentiment` package. The generator's own word banks never decide a preference: `chosen` is
+  whichever continuation VADER scores higher, and pairs closer than `min_margin` are redrawn, so there are no
+  near-ties.
 
 With `responses_per_prompt` = K ≥ 2 the rows are rankings instead (`data/rankings.py`): K continuations per
 prompt, in the order drawn, with their VADER rewards as `scores`; a continuation scored closer than `min_margin`
@@ -25,13 +26,11 @@ one `random.Random(seed)`: the same arguments give the same rows in every run an
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Callable
 from typing import Any
 
 import datasets
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from dpo_lightning.data.sources.base import SPLITS, row_features
 from dpo_lightning.errors import ConfigError
@@ -117,15 +116,13 @@ MAX_PAIRS = PROMPT_SPACE // 4
 MAX_DRAWS_PER_PAIR = 1000
 
 
-@functools.lru_cache(maxsize=1)
-def _analyzer() -> SentimentIntensityAnalyzer:
-    return SentimentIntensityAnalyzer()
+# What decides the preferences: r(x, y) of [B] prompts and their [B] completions, as `eval.rewards.Reward` scores
+# them (the task config passes VADER, `eval.rewards.VaderReward`: `task.source.labeller`).
+Labeller = Callable[[list[str], list[str]], list[float]]
 
 
-def sentiment_reward(prompt: str, completion: str) -> float:
-    """VADER compound score in [-1, 1] of the whole review text `prompt + completion` (as the paper scores x, y
-    together); `completion` is expected to start with a space."""
-    return _analyzer().polarity_scores(prompt + completion)["compound"]
+def _score(labeller: Labeller, prompt: str, completion: str) -> float:
+    return labeller([prompt], [completion])[0]
 
 
 def _prompt(rng: random.Random) -> str:
@@ -187,34 +184,36 @@ def _continuation(rng: random.Random) -> str:
     return f" {text}."
 
 
-def generate_sentiment_pairs(num_pairs: int, seed: int, min_margin: float = 0.1) -> list[dict[str, str]]:
-    """Deterministic list of {"prompt", "chosen", "rejected"} rows whose preferences VADER decides.
+def generate_sentiment_pairs(
+    num_pairs: int, seed: int, min_margin: float = 0.1, *, labeller: Labeller
+) -> list[dict[str, str]]:
+    """Deterministic list of {"prompt", "chosen", "rejected"} rows whose preferences `labeller` (VADER) decides.
 
-    Each pair's two continuations are drawn independently; `chosen` is the one with the higher
-    `sentiment_reward`, and a pair whose scores differ by less than `min_margin` (or not at all) is redrawn
+    Each pair's two continuations are drawn independently; `chosen` is the one `labeller` scores higher, and a
+    pair whose scores differ by less than `min_margin` (or not at all) is redrawn
     from the same RNG. Every prompt is unique (a repeated one is redrawn), so any split by position shares no
     prompt.
     """
     _check_generator_arguments("num_pairs", num_pairs, min_margin)
 
     def pair(rng: random.Random, prompt: str) -> dict[str, str]:
-        chosen, rejected = _ranked_continuations(rng, prompt, min_margin)
+        chosen, rejected = _ranked_continuations(rng, prompt, min_margin, labeller)
         return {"chosen": chosen, "rejected": rejected}
 
     return _rows_for_unique_prompts(num_pairs, seed, pair)
 
 
 def generate_sentiment_rankings(
-    num_prompts: int, responses_per_prompt: int, seed: int, min_margin: float = 0.1
+    num_prompts: int, responses_per_prompt: int, seed: int, min_margin: float = 0.1, *, labeller: Labeller
 ) -> list[dict[str, Any]]:
     """Deterministic list of {"prompt", "responses", "scores"} rows: `responses_per_prompt` continuations of each
-    (unique) prompt in the order drawn, and their `sentiment_reward`s, every two at least `min_margin` apart."""
+    (unique) prompt in the order drawn, and their `labeller` scores, every two at least `min_margin` apart."""
     _check_generator_arguments("num_prompts", num_prompts, min_margin)
     if responses_per_prompt < 2:
         raise ValueError(f"responses_per_prompt must be ≥ 2, got {responses_per_prompt}")
 
     def ranking(rng: random.Random, prompt: str) -> dict[str, Any]:
-        return _scored_continuations(rng, prompt, responses_per_prompt, min_margin)
+        return _scored_continuations(rng, prompt, responses_per_prompt, min_margin, labeller)
 
     return _rows_for_unique_prompts(num_prompts, seed, ranking)
 
@@ -243,11 +242,11 @@ def _rows_for_unique_prompts(
     return rows
 
 
-def _ranked_continuations(rng: random.Random, prompt: str, min_margin: float) -> tuple[str, str]:
-    """Two continuations of `prompt` at least `min_margin` apart by VADER: (higher-scored, lower-scored)."""
+def _ranked_continuations(rng: random.Random, prompt: str, min_margin: float, labeller: Labeller) -> tuple[str, str]:
+    """Two continuations of `prompt` at least `min_margin` apart by `labeller`: (higher-scored, lower-scored)."""
     for _ in range(MAX_DRAWS_PER_PAIR):
         first, second = _continuation(rng), _continuation(rng)
-        gap = sentiment_reward(prompt, first) - sentiment_reward(prompt, second)
+        gap = _score(labeller, prompt, first) - _score(labeller, prompt, second)
         if gap != 0 and abs(gap) >= min_margin:
             return (first, second) if gap > 0 else (second, first)
     raise ValueError(
@@ -255,7 +254,9 @@ def _ranked_continuations(rng: random.Random, prompt: str, min_margin: float) ->
     )
 
 
-def _scored_continuations(rng: random.Random, prompt: str, count: int, min_margin: float) -> dict[str, list]:
+def _scored_continuations(
+    rng: random.Random, prompt: str, count: int, min_margin: float, labeller: Labeller
+) -> dict[str, list]:
     """{"responses", "scores"}: `count` continuations of `prompt` and their rewards, in the order drawn; each is
     redrawn (at most MAX_DRAWS_PER_PAIR times) until it is at least `min_margin` from, and unequal to, every
     reward drawn before it."""
@@ -264,7 +265,7 @@ def _scored_continuations(rng: random.Random, prompt: str, count: int, min_margi
     while len(responses) < count:
         for _ in range(MAX_DRAWS_PER_PAIR):
             continuation = _continuation(rng)
-            score = sentiment_reward(prompt, continuation)
+            score = _score(labeller, prompt, continuation)
             if all(score != other and abs(score - other) >= min_margin for other in scores):
                 break
         else:
@@ -290,26 +291,33 @@ class SentimentSource:
 
     def __init__(
         self,
+        labeller: Labeller,
         num_train_pairs: int = 4096,
         num_val_pairs: int = 256,
         seed: int = 1234,
         min_margin: float = 0.1,
         responses_per_prompt: int | None = None,
     ) -> None:
-        for key, value in (("task.num_train_pairs", num_train_pairs), ("task.num_val_pairs", num_val_pairs)):
+        for key, value in (
+            ("task.source.num_train_pairs", num_train_pairs),
+            ("task.source.num_val_pairs", num_val_pairs),
+        ):
             if value < 1:
                 raise ConfigError(key, f"must be ≥ 1, got {value}")
         if num_train_pairs + num_val_pairs > MAX_PAIRS:
-            raise ConfigError("task.num_train_pairs", f"train + validation pairs must be ≤ {MAX_PAIRS}")
+            raise ConfigError("task.source.num_train_pairs", f"train + validation pairs must be ≤ {MAX_PAIRS}")
         if not 0 <= min_margin < 2:
-            raise ConfigError("task.min_margin", f"must be in [0, 2), got {min_margin}")
+            raise ConfigError("task.source.min_margin", f"must be in [0, 2), got {min_margin}")
         if responses_per_prompt is not None and responses_per_prompt < 2:
-            raise ConfigError("task.responses_per_prompt", f"must be ≥ 2 (null: pairs), got {responses_per_prompt}")
+            raise ConfigError(
+                "task.source.responses_per_prompt", f"must be ≥ 2 (null: pairs), got {responses_per_prompt}"
+            )
         if responses_per_prompt is not None and (responses_per_prompt - 1) * min_margin >= 2:
             raise ConfigError(
-                "task.responses_per_prompt",
+                "task.source.responses_per_prompt",
                 f"{responses_per_prompt} rewards in [-1, 1] cannot all be min_margin={min_margin} apart",
             )
+        self.labeller = labeller
         self.num_train_pairs = num_train_pairs
         self.num_val_pairs = num_val_pairs
         self.seed = seed
@@ -338,5 +346,7 @@ class SentimentSource:
 
     def _generate(self, count: int) -> list[dict[str, Any]]:
         if self.responses_per_prompt is None:
-            return generate_sentiment_pairs(count, self.seed, self.min_margin)
-        return generate_sentiment_rankings(count, self.responses_per_prompt, self.seed, self.min_margin)
+            return generate_sentiment_pairs(count, self.seed, self.min_margin, labeller=self.labeller)
+        return generate_sentiment_rankings(
+            count, self.responses_per_prompt, self.seed, self.min_margin, labeller=self.labeller
+        )

@@ -40,9 +40,9 @@ from typing import Any
 import datasets
 
 from dpo_lightning.data.rankings import scores_problem
-from dpo_lightning.data.sources.base import POSITION, HubSource, RowFiltered, RowProblem, as_text
+from dpo_lightning.data.sources.base import POSITION, HubSource, as_text
 from dpo_lightning.data.sources.files import JSON_ENCODED, UNREADABLE, UNREADABLE_ERROR, decode_json_columns
-from dpo_lightning.errors import ConfigError
+from dpo_lightning.errors import ConfigError, RowFiltered, RowProblem
 
 DEFAULT_MIN_SCORE_RATIO = 2.0  # the reference implementation's
 # Raw columns that grouping reads (`labels` is not among them: the scores rank the comments).
@@ -165,11 +165,11 @@ class SHPSource(HubSource):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not min_score_ratio >= 1:
-            raise ConfigError("task.min_score_ratio", f"must be ≥ 1 (1 keeps every pair), got {min_score_ratio}")
+            raise ConfigError("task.source.min_score_ratio", f"must be ≥ 1 (1 keeps every pair), got {min_score_ratio}")
         if group_by_post and min_score_ratio != DEFAULT_MIN_SCORE_RATIO:
             raise ConfigError(
-                "task.min_score_ratio",
-                f"filters pairs only; with task.group_by_post=true every score difference ranks (leave it at "
+                "task.source.min_score_ratio",
+                f"filters pairs only; with task.source.group_by_post=true every score difference ranks (leave it at "
                 f"{DEFAULT_MIN_SCORE_RATIO}), got {min_score_ratio}",
             )
         self.min_score_ratio = min_score_ratio
@@ -182,7 +182,9 @@ class SHPSource(HubSource):
         if not self.group_by_post:
             return super().read(split, streaming)
         if streaming:
-            raise ConfigError("task.group_by_post", "groups a whole split by post, so it needs task.streaming=false")
+            raise ConfigError(
+                "task.source.group_by_post", "groups a whole split by post, so it needs task.streaming=false"
+            )
         rows = super().read(split, streaming=False)
         self.check_columns(rows, self.origin(split), GROUPED_COLUMNS)
         return rows_by_post(rows)

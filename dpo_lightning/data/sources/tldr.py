@@ -17,7 +17,7 @@ becomes (the post and title stripped, each summary stripped and given one leadin
     chosen   " " + summaries[choice]["text"].strip()
     rejected " " + summaries[1 - choice]["text"].strip()
 
-Every prompt ends with "\\nTL;DR:" (`task.prompt_suffix`), which truncation of a long post keeps. The
+Every prompt ends with "\\nTL;DR:" (`task.tokenize.prompt_suffix`), which truncation of a long post keeps. The
 validation split also holds comparisons of CNN/DailyMail article summaries (`info.post` null, `info.article`
 set); the paper's TL;DR task is Reddit only, so those rows are filtered out (`RowFiltered`).
 """
@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpo_lightning.data.sources.base import HubSource, RowFiltered, RowProblem, as_text
+from dpo_lightning.data.sources.base import HubSource, as_text
+from dpo_lightning.errors import RowFiltered, RowProblem
 
-SUFFIX = "\nTL;DR:"  # every prompt's ending (task.prompt_suffix)
+SUFFIX = "\nTL;DR:"  # every prompt's ending (task.tokenize.prompt_suffix)
 
 
 def _info_text(info: dict[str, Any], key: str) -> str:

@@ -27,7 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 from dpo_lightning.data.chat import Messages, as_messages
-from dpo_lightning.data.sources.base import HubSource, RowProblem
+from dpo_lightning.data.sources.base import HubSource
+from dpo_lightning.errors import RowProblem
 
 
 def _conversation(row: dict[str, Any], field: str) -> Messages:

@@ -48,12 +48,12 @@ import datasets
 
 from dpo_lightning.data.fingerprint import Versioned
 from dpo_lightning.data.rankings import scores_problem
-from dpo_lightning.data.sources.base import POSITION, HubSource, RowProblem, as_text
+from dpo_lightning.data.sources.base import POSITION, HubSource, as_text
 from dpo_lightning.data.sources.files import JSON_ENCODED, decode_json_columns
-from dpo_lightning.errors import ConfigError
+from dpo_lightning.errors import ConfigError, RowProblem
 
 ASPECTS: tuple[str, ...] = ("helpfulness", "honesty", "instruction_following", "truthfulness")
-SCORES: tuple[str, ...] = ("mean_rating", "overall_score")  # `task.score` values
+SCORES: tuple[str, ...] = ("mean_rating", "overall_score")  # `task.source.score` values
 NOT_RATED = (None, "N/A")  # an aspect rating that states no rating
 
 
@@ -124,9 +124,9 @@ class UltraFeedbackRankedSource(HubSource):
     def __init__(self, *args: Any, score: str = "mean_rating", val_fraction: float = 0.02, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if score not in SCORES:
-            raise ConfigError("task.score", f"must be one of {', '.join(SCORES)}, got {score!r}")
+            raise ConfigError("task.source.score", f"must be one of {', '.join(SCORES)}, got {score!r}")
         if not 0 < val_fraction < 1:
-            raise ConfigError("task.val_fraction", f"must be in (0, 1), got {val_fraction}")
+            raise ConfigError("task.source.val_fraction", f"must be in (0, 1), got {val_fraction}")
         self.score, self.val_fraction = score, val_fraction
         self.holds_out = "validation" not in self.splits and "validation" not in self.data_files
 

@@ -1,0 +1,176 @@
+"""One training run: validate → build data, module, trainer → fit → final validation → export → summary.
+
+conf ──► validate_config ──► source ─► PreferenceDataModule ─► DPOLitModule ─► Trainer.fit
+                                                                              └─► policy/, summary.json
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
+
+from dpo_lightning.data.datamodule import PreferenceDataModule
+from dpo_lightning.data.sources.base import is_ranked
+from dpo_lightning.data.tokenize import TokenizeSettings
+from dpo_lightning.eval.callback import SampleEvaluation
+from dpo_lightning.eval.sampling import ValidationSamples
+from dpo_lightning.instantiate import build, settings
+from dpo_lightning.models.loading import load_tokenizer
+from dpo_lightning.models.reference import Precomputed
+from dpo_lightning.models.reference_cache import precompute_reference
+from dpo_lightning.models.sharding import full_state_dict
+from dpo_lightning.runtime.checks import check_rankings, validate_config
+from dpo_lightning.runtime.console import (
+    print_config_tree,
+    progress_bar,
+    redacted_argv,
+    redacted_config,
+    save_resolved_config,
+)
+from dpo_lightning.runtime.export import export_policy
+from dpo_lightning.runtime.resume import resume_checkpoint
+from dpo_lightning.runtime.summary import RunSummary
+from dpo_lightning.runtime.trainer import build_trainer
+from dpo_lightning.training.module import DPOLitModule
+from dpo_lightning.training.throughput import Throughput
+
+log = logging.getLogger(__name__)
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceDataModule:
+    """The task's source (`task.source`, built by its `_target_`) wrapped in a PreferenceDataModule with the
+    task's tokenization settings (`task.tokenize`) and the `data` batching."""
+    task = cfg.task
+    return PreferenceDataModule(
+        build(task.source, "task.source"),
+        tokenizer,
+        tokenize=settings(TokenizeSettings, task.tokenize, "task.tokenize"),
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        layout=cfg.data.layout,
+        packing_max_tokens=cfg.data.packing_max_tokens,
+        group_by_length=cfg.data.group_by_length,
+        rankings=cfg.data.rankings,
+        ranking_pairs=cfg.data.ranking_pairs,
+        skip_bad_rows=task.skip_bad_rows,
+        streaming=task.streaming,
+        shuffle_buffer=task.shuffle_buffer,
+        seed=cfg.seed,
+    )
+
+
+def build_sample_evaluation(
+    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, output_dir: Path
+) -> SampleEvaluation | None:
+    """The validation-time sampler (None with `samples.num_prompts=0`), its reward loaded now: a reward model
+    that cannot work stops the run before training."""
+    samples = settings(ValidationSamples, cfg.samples, "samples")
+    if samples.num_prompts == 0:
+        return None
+    reward = build(cfg.task.reward, "task.reward") if cfg.task.get("reward") else None
+    return SampleEvaluation(
+        samples.num_prompts, tokenizer, samples.sampling, reward, output_dir / "samples", samples.kl
+    )
+
+
+def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None:
+    """Log the final validation metrics, with what they were before training, and where the outputs are."""
+    if "val/rewards/accuracies" in metrics:
+        log.info(
+            "val/rewards/accuracies %.3f (chance 0.5) · val/loss %.4f (pairwise DPO: log 2 = 0.6931 before training) · "
+            "val/rewards/margins %.3f",
+            metrics["val/rewards/accuracies"],
+            metrics["val/loss"],
+            metrics["val/rewards/margins"],
+        )
+    if "val/ranking/kendall_tau" in metrics:
+        log.info(
+            "val/ranking/kendall_tau %.3f (chance 0) · val/ranking/top1 %.3f",
+            metrics["val/ranking/kendall_tau"],
+            metrics["val/ranking/top1"],
+        )
+    if "val/reward" in metrics:
+        log.info(
+            "val/reward %.3f (the reference's samples: %.3f) · val/kl %.2f nats",
+            metrics["val/reward"],
+            metrics.get("val/reference_reward", float("nan")),
+            metrics.get("val/kl", float("nan")),
+        )
+    log.info(
+        "train/pairs_per_s %.1f · %s steps · run folder %s",
+        metrics.get("train/pairs_per_s", 0.0),
+        global_step,
+        output_dir,
+    )
+
+
+def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train as configured; write `summary.json` (always) and `policy/` (on success) into `output_dir`.
+
+    `choices`: the option chosen in each config group (`loss: dpo`, …), recorded in the summary.
+    """
+    started = time.perf_counter()
+    summary = RunSummary(output_dir, redacted_config(cfg))
+    summary.update(choices=choices or {})
+    trainer: L.Trainer | None = None
+    try:
+        print_config_tree(cfg)
+        save_resolved_config(cfg, output_dir)
+        validate_config(cfg)
+        bar = progress_bar(cfg)  # checks the progress_bar key before any model loads
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        tokenizer = load_tokenizer(cfg.model)
+        datamodule = build_datamodule(cfg, tokenizer)
+        check_rankings(cfg, is_ranked(datamodule.source))
+        sample_evaluation = build_sample_evaluation(cfg, tokenizer, output_dir)
+        module = DPOLitModule(
+            model=_plain(cfg.model),
+            loss=_plain(cfg.loss),
+            optimizer=_plain(cfg.optimizer),
+            reference=_plain(cfg.reference),
+            kl_reference=sample_evaluation is not None and sample_evaluation.kl,
+        )
+        throughput = Throughput()
+        trainer = build_trainer(cfg, output_dir, [throughput, *filter(None, [sample_evaluation, bar])])
+        with redacted_argv():  # W&B starts its run here and records the command line
+            for logger in trainer.loggers:
+                logger.log_hyperparams(redacted_config(cfg))
+        if isinstance(module.strategy, Precomputed) and module.objective.needs_reference:  # before fit
+            module.strategy.cache_file = str(precompute_reference(cfg, datamodule, trainer))
+        start = cfg.ckpt_path or resume_checkpoint(cfg.resume, output_dir)  # None: a fresh start
+        if start is not None:
+            log.info("continuing from %s", start)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=start)
+        train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
+        summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report())
+        policy_state = full_state_dict(module.policy)  # trainer=fsdp: gathered from the shards (every rank)
+        if trainer.is_global_zero:
+            exported = module.strategy.exported(module.policy)  # reference=lora: merged, or the adapters only
+            folder = export_policy(exported, tokenizer, output_dir / "policy", policy_state)
+            summary.update(policy=str(folder))
+            _report(summary.content["metrics"], trainer.global_step, output_dir)
+    except BaseException as error:
+        summary.fail(error)
+        raise
+    finally:
+        summary.update(
+            wall_time_s=round(time.perf_counter() - started, 3),
+            global_step=trainer.global_step if trainer is not None else 0,
+        )
+        if rank_zero_only.rank == 0:
+            summary.write()
+    return summary.content
