@@ -28,8 +28,8 @@ from train_throughput import WIDTHS, _model_config, _pairs
 
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.models.loading import build_model
-from dpo_lightning.training.module import DPOLitModule
 from dpo_lightning.models.reference import compute_table
+from dpo_lightning.training.module import DPOLitModule
 
 # One more width, for a GPU, where the reference's own memory stands out from the activations' (≈107M parameters).
 WIDTHS.setdefault("medium", (1024, 2816, 8))

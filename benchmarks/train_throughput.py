@@ -20,10 +20,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from dpo_lightning.training.throughput import Throughput
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.training.module import DPOLitModule
+from dpo_lightning.training.throughput import Throughput
 
 PROMPT, CHOSEN, REJECTED, VOCAB = 48, 32, 24, 2048
 WIDTHS = {"tiny": (128, 384, 4), "small": (256, 768, 4)}  # hidden, MLP, layers

@@ -216,10 +216,12 @@ def write_pairs(path: Path, count: int) -> None:
 
 def tokenize_pairs(path: Path, tokenizer) -> list:
     """Our tokenization of the JSONL (`PairTokenizer`; no truncation at these lengths)."""
-    from dpo_lightning.data.tokenize import PairTokenizer
+    from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings
 
     rows = [json.loads(line) for line in path.open()]
-    pair_tokenizer = PairTokenizer(tokenizer, max_length=4096, max_prompt_length=2048, truncation_mode="keep_end")
+    pair_tokenizer = PairTokenizer(
+        tokenizer, TokenizeSettings(max_length=4096, max_prompt_length=2048, truncation_mode="keep_end")
+    )
     prepared = pair_tokenizer([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
     assert not any(cut.prompt or cut.responses for _, cut in prepared)
     return [pair for pair, _ in prepared]
@@ -374,8 +376,8 @@ def _ours(queue, options: dict, model_config: dict, pairs: list, batch_size: int
     """Train DPOLitModule through `train_throughput.measure` with this configuration's options."""
     import train_throughput
 
-    from dpo_lightning.training.throughput import Throughput
     from dpo_lightning.training.module import DPOLitModule
+    from dpo_lightning.training.throughput import Throughput
 
     _swap_workload(train_throughput, model_config, pairs, collate_for(options))
     extra = {"optimizer": {"_target_": "torch.optim.AdamW", "lr": lr, "weight_decay": 0.0, "warmup_steps": 0}}

@@ -10,9 +10,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 
-from dpo_lightning.cli.checks import check_group_choices, source_arguments, validate_config
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.cli.checks import check_group_choices
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
+from dpo_lightning.instantiate import build
+from dpo_lightning.runtime.checks import validate_config
 from dpo_lightning.runtime.faults import DivergenceGuard
 from dpo_lightning.runtime.run import build_trainer
 
@@ -54,7 +56,7 @@ def test_every_option_composes_validates_and_instantiates(group, option, tmp_pat
     node = cfg.task.reward if group == "reward" else cfg[group]
     assert node is not None
     if group == "task":
-        source = instantiate({"_target_": node._target_, **source_arguments(node)})
+        source = build(node.source, "task.source")
         assert hasattr(source, "load")
     elif group == "optimizer":
         options = OmegaConf.to_container(node, resolve=True)
@@ -85,8 +87,14 @@ def test_default_config_is_the_offline_demo(tmp_path):
     [
         (["beta=0"], "beta: must be > 0"),
         (["beta=-1"], "beta: must be > 0"),
-        (["task.tokenize.max_prompt_length=64"], "task.tokenize.max_prompt_length: must be in [1, task.tokenize.max_length=64)"),
-        (["task.tokenize.truncation_mode=middle"], "task.tokenize.truncation_mode: must be one of keep_start, keep_end"),
+        (
+            ["task.tokenize.max_prompt_length=64"],
+            "task.tokenize.max_prompt_length: must be in [1, task.tokenize.max_length=64)",
+        ),
+        (
+            ["task.tokenize.truncation_mode=middle"],
+            "task.tokenize.truncation_mode: must be one of keep_start, keep_end",
+        ),
         (["data.batch_size=0"], "data.batch_size: must be ≥ 1"),
         (["data.layout=rows"], "data.layout: must be one of prefix_shared, packed, padded, got 'rows'"),
         (

@@ -15,7 +15,7 @@ from rich.console import Console
 from test_config import _compose
 from test_train import ROOT, SMALL
 
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.runtime.console import (
     REDACTED,

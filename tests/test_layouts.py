@@ -15,7 +15,6 @@ from test_reference import DEMO
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from transformers.integrations import flex_attention as transformers_flex
 
-from dpo_lightning import layout_support, logprobs
 from dpo_lightning.data.collate import (
     collate_packed,
     collate_padded,
@@ -27,6 +26,8 @@ from dpo_lightning.data.collate import (
 from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.losses.dpo import dpo_loss
+from dpo_lightning.models import layouts as layout_support
+from dpo_lightning.models import logprobs
 from dpo_lightning.models.loading import load_tokenizer
 from dpo_lightning.runtime.run import build_datamodule
 from dpo_lightning.training.module import DPOLitModule

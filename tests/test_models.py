@@ -10,11 +10,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import PreTrainedModel
 
-from dpo_lightning.cli.checks import check_model_config
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.models.loading import build_model, load_tokenizer, transformer_blocks
+from dpo_lightning.models.loading import build_model, check_model_config, load_tokenizer, transformer_blocks
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 from dpo_lightning.training.module import DPOLitModule
 

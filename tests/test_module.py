@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from dpo_lightning.data.collate import collate_padded, placeholder_batch
 from dpo_lightning.models.logprobs import sequence_logprobs
+from dpo_lightning.models.reference import ReferenceFree
 from dpo_lightning.runtime.faults import DivergenceGuard
 from dpo_lightning.training.module import REFERENCE_PREFIX, DPOLitModule
 
@@ -131,7 +132,7 @@ def test_warmup_schedule_matches_reference_implementation():
 
 
 def test_reference_none_builds_no_copy_and_uses_zero_reference_logps():
-    module = DPOLitModule(model=MODEL, loss=DPO, optimizer=ADAMW, reference={"name": "none"})
+    module = DPOLitModule(model=MODEL, loss=DPO, optimizer=ADAMW, reference=ReferenceFree())
     module.configure_model()
     assert not list(module.reference.parameters())  # no copy of the policy
     batch = collate_padded(random_pairs(4), PAD)

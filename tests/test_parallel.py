@@ -33,14 +33,15 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoModelForCausalLM
 
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.models.loading import build_model, transformer_blocks
 from dpo_lightning.models.logprobs import sequence_logprobs
-from dpo_lightning.models.sharding import check_parallel_config, full_state_dict, shard_causal_lm
+from dpo_lightning.models.sharding import full_state_dict, shard_causal_lm
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 from dpo_lightning.runtime.export import export_policy
+from dpo_lightning.runtime.trainer import check_trainer_config
 from dpo_lightning.training.module import DPOLitModule
 
 # float32 runs of the same global batches, 1 process vs 2 (DDP, FSDP). Measured: per-step train/* within 5e-7
@@ -503,7 +504,7 @@ def test_slurm_script_is_valid_bash():
 )
 def test_scale_config_mistakes_fail_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as error:
-        check_parallel_config(_compose(*overrides))
+        check_trainer_config(_compose(*overrides))
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
@@ -519,4 +520,4 @@ def test_scale_config_mistakes_fail_in_one_line(overrides, message):
     ],
 )
 def test_scale_configs_that_work_pass(overrides):
-    check_parallel_config(_compose(*overrides))
+    check_trainer_config(_compose(*overrides))

@@ -16,8 +16,6 @@ from omegaconf import OmegaConf
 from test_config import _compose
 from test_module import ADAMW, DPO, MODEL
 
-from dpo_lightning import logprobs
-from dpo_lightning.cli.checks import check_rankings
 from dpo_lightning.data.collate import (
     collate_packed,
     collate_padded,
@@ -28,7 +26,9 @@ from dpo_lightning.data.rankings import ranking_pairs, ranking_problem, ranks_fr
 from dpo_lightning.data.tokenize import TokenizedPair, TokenizedRanking
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.losses.plackett_luce import plackett_luce_loss
+from dpo_lightning.models import logprobs
 from dpo_lightning.models.loading import load_tokenizer
+from dpo_lightning.runtime.checks import check_rankings
 from dpo_lightning.runtime.run import build_datamodule
 from dpo_lightning.training.module import DPOLitModule
 
@@ -340,7 +340,7 @@ def test_ranked_data_config_mistakes_fail_before_any_model_loads(tmp_path, overr
 
 @pytest.mark.parametrize("key, value", [("data.rankings", "both"), ("data.ranking_pairs", "some")])
 def test_unknown_ranking_options_are_refused(tmp_path, key, value):
-    from dpo_lightning.cli.checks import validate_config
+    from dpo_lightning.runtime.checks import validate_config
 
     with pytest.raises(ConfigError, match=f"^{key}: must be one of"):
         validate_config(_compose([f"{key}={value}"], tmp_path))
@@ -351,9 +351,14 @@ def test_the_precomputed_reference_serves_whole_rankings(tmp_path):
     responses are the same sequences) look up the values the reference model computes."""
     import lightning as L
 
-    from dpo_lightning.models.reference import precompute_reference
+    from dpo_lightning.models.reference import FrozenCopy, Precomputed
+    from dpo_lightning.models.reference_cache import precompute_reference
 
-    overrides = ["reference=precomputed", f"reference.cache_dir={tmp_path / 'cache'}", "task.source.responses_per_prompt=3"]
+    overrides = [
+        "reference=precomputed",
+        f"reference.cache_dir={tmp_path / 'cache'}",
+        "task.source.responses_per_prompt=3",
+    ]
     overrides += ["task.source.num_train_pairs=16", "task.source.num_val_pairs=4", "data.eval_batch_size=8"]
     cfg = _compose(overrides, tmp_path)
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
@@ -361,9 +366,10 @@ def test_the_precomputed_reference_serves_whole_rankings(tmp_path):
     path = precompute_reference(cfg, datamodule, trainer)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     modules = {}
+    STRATEGIES = {"model": lambda cache_file: FrozenCopy(), "precomputed": Precomputed}
     for name in ("model", "precomputed"):
         modules[name] = DPOLitModule(
-            model=model, loss=PLACKETT_LUCE, optimizer=ADAMW, reference={"name": name, "cache_file": str(path)}
+            model=model, loss=PLACKETT_LUCE, optimizer=ADAMW, reference=STRATEGIES[name](cache_file=str(path))
         )
         modules[name].configure_model()
     batch = next(iter(datamodule._loader("train", 8, shuffle=True)))

@@ -13,22 +13,30 @@ from test_module import ADAMW, DPO, MODEL, _fit
 from test_train import SMALL, _summary, train
 from transformers import AutoModelForCausalLM
 
-from dpo_lightning import reference as reference_module
-from dpo_lightning.cli.checks import validate_config
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.collate import collate_padded, placeholder_batch
 from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.models import reference_cache as reference_module
 from dpo_lightning.models.loading import build_model, load_tokenizer
 from dpo_lightning.models.logprobs import sequence_logprobs
-from dpo_lightning.models.reference import PrecomputedReference, compute_table, export_model, precompute_reference
+from dpo_lightning.models.reference import (
+    FrozenCopy,
+    LoraAdapters,
+    PeriodicSync,
+    Precomputed,
+    PrecomputedReference,
+    ReferenceFree,
+)
+from dpo_lightning.models.reference_cache import compute_table, precompute_reference
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 from dpo_lightning.runtime.checkpoints import load_checkpoint_file
+from dpo_lightning.runtime.checks import validate_config
 from dpo_lightning.runtime.export import export_policy
 from dpo_lightning.runtime.run import build_datamodule
 from dpo_lightning.training.module import REFERENCE_PREFIX, DPOLitModule
 
 LORA = {
-    "name": "lora",
+    "_target_": "dpo_lightning.models.reference.LoraAdapters",
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "merge_on_export": True},
 }
 needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
@@ -146,15 +154,15 @@ def test_lora_reference_is_the_base_model_before_and_after_training(tmp_path):
     assert not torch.allclose(policy_logps, base_logps)
     torch.testing.assert_close(module.reference.logprobs(batch)[0], base_logps)
 
-    merged = export_model(module.policy, LORA)  # a merged copy, saved as a plain model that the Auto classes load
+    merged = module.strategy.exported(module.policy)  # a merged copy, saved as a plain model the Auto classes load
     assert not isinstance(merged, PeftModel) and isinstance(module.policy, PeftModel)
     folder = export_policy(merged, load_tiny_tokenizer(), tmp_path / "policy")
     with torch.no_grad():
         exported = sequence_logprobs(AutoModelForCausalLM.from_pretrained(folder, local_files_only=True), batch)[0]
     torch.testing.assert_close(exported, policy_logps, rtol=1e-5, atol=1e-4)
-    adapters_only = {**LORA, "lora": {**LORA["lora"], "merge_on_export": False}}
-    assert export_model(module.policy, adapters_only) is module.policy
-    folder = export_policy(export_model(module.policy, adapters_only), load_tiny_tokenizer(), tmp_path / "adapters")
+    adapters_only = LoraAdapters(lora={**LORA["lora"], "merge_on_export": False})
+    assert adapters_only.exported(module.policy) is module.policy
+    folder = export_policy(adapters_only.exported(module.policy), load_tiny_tokenizer(), tmp_path / "adapters")
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in folder.iterdir()}
     assert not (folder / "model.safetensors").exists()
 
@@ -164,7 +172,7 @@ def test_lora_reference_is_the_base_model_before_and_after_training(tmp_path):
 
 def test_sync_mixes_alpha_policy_into_the_reference_every_n_steps(tmp_path):
     alpha = 0.25
-    module = _module({"name": "sync", "alpha": alpha, "every_n_steps": 2})
+    module = _module(PeriodicSync(alpha=alpha, every_n_steps=2))
     records, mix = [], module.reference.after_optimizer_step
 
     def record(policy, step):  # the weights the hook sees after each optimizer step, before it mixes them
@@ -188,7 +196,7 @@ def test_sync_mixes_alpha_policy_into_the_reference_every_n_steps(tmp_path):
 
 
 def test_sync_reference_survives_a_checkpoint_round_trip(tmp_path):
-    config = {"name": "sync", "alpha": 1.0, "every_n_steps": 2}
+    config = PeriodicSync(alpha=1.0, every_n_steps=2)
     module = _module(config)
     trainer = _fit(module, tmp_path, steps=3)
     path = tmp_path / "sync.ckpt"
@@ -210,7 +218,7 @@ def test_sync_reference_survives_a_checkpoint_round_trip(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_model_reference_dtype_holds_its_own_weights_and_gives_float32_logprobs(dtype):
-    module = _module({"name": "model", "dtype": dtype})
+    module = _module(FrozenCopy(dtype=dtype))
     assert {p.dtype for p in module.reference.parameters()} == {getattr(torch, dtype)}
     assert {p.dtype for p in module.policy.parameters()} == {torch.float32}
     policy_storage = {p.data_ptr() for p in module.policy.parameters()}
@@ -224,24 +232,25 @@ def test_model_reference_dtype_holds_its_own_weights_and_gives_float32_logprobs(
 @pytest.mark.parametrize(
     "strategy",
     [
-        {"name": "model"},
-        {"name": "model", "dtype": "bfloat16"},
-        {"name": "precomputed"},
+        FrozenCopy(),
+        FrozenCopy(dtype="bfloat16"),
+        Precomputed(),
         pytest.param(LORA, marks=needs_peft),
-        {"name": "none"},
-        {"name": "sync", "alpha": 0.5, "every_n_steps": 1},
+        ReferenceFree(),
+        PeriodicSync(alpha=0.5, every_n_steps=1),
     ],
     ids=["model", "model-bf16", "precomputed", "lora", "none", "sync"],
 )
 def test_gradients_never_reach_the_reference(strategy, tmp_path):
-    if strategy["name"] == "precomputed":
-        strategy = {**strategy, "cache_file": _cache_file(tmp_path, random_pairs(4), build_model(MODEL))}
+    if isinstance(strategy, Precomputed):
+        strategy = Precomputed(cache_file=_cache_file(tmp_path, random_pairs(4), build_model(MODEL)))
     module = _module(strategy)
     batch = collate_padded(random_pairs(4), PAD)
     assert not module.reference.logprobs(batch)[0].requires_grad
     module.training_step(batch, 0).backward()
     assert all(p.grad is None for p in module.reference.parameters())
-    frozen = [p for name, p in module.policy.named_parameters() if strategy["name"] == "lora" and "lora_" not in name]
+    lora = module.strategy.name == "lora"
+    frozen = [p for name, p in module.policy.named_parameters() if lora and "lora_" not in name]
     assert all(p.grad is None and not p.requires_grad for p in frozen)  # lora: the reference's (base) weights
     assert any(p.grad is not None for p in module.policy.parameters())
 
@@ -249,7 +258,7 @@ def test_gradients_never_reach_the_reference(strategy, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["reference.name=frozen"], "reference.name: must be one of model, precomputed, lora, none, sync"),
+        (["reference._target_=dpo_lightning.models.reference.Frozen"], "reference._target_: cannot import"),
         (["reference=sync", "reference.alpha=1.5"], "reference.alpha: must be in [0, 1]"),
         (["reference=sync", "reference.every_n_steps=0"], "reference.every_n_steps: must be an integer ≥ 1"),
         (["reference=sync", "+reference.cache_dir=cache"], "reference.cache_dir: is not a key of reference=sync"),
@@ -279,13 +288,18 @@ OPTIONS = sorted(path.stem for path in (CONF_DIR / "reference").glob("*.yaml"))
 
 def test_every_reference_option_trains_two_steps_end_to_end(tmp_path):
     options = [name for name in OPTIONS if name != "lora" or importlib.util.find_spec("peft") is not None]
-    steps = ["task.source.num_train_pairs=32", "task.source.num_val_pairs=8", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    steps = [
+        "task.source.num_train_pairs=32",
+        "task.source.num_val_pairs=8",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    ]
     result = train("-m", f"reference={','.join(options)}", *SMALL, *steps, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     for job, name in enumerate(options):  # one process, one job per option, in sweep order
         run_dir = tmp_path / str(job)
         summary = _summary(run_dir)
-        assert summary["config"]["reference"]["name"] == name
+        assert summary["choices"]["reference"] == name
         assert summary["status"] == "completed" and summary["global_step"] == 2, name
         saved = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
         assert any(k.startswith(REFERENCE_PREFIX) for k in saved) == (name == "sync"), name

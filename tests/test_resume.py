@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 from test_train import ROOT, SMALL
 
-from dpo_lightning import checkpointing
 from dpo_lightning.data.sampler import ResumableSampler, ShuffledSampler
 from dpo_lightning.errors import ConfigError
+from dpo_lightning.runtime import checkpoints as checkpointing
 from dpo_lightning.runtime.checkpoints import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from dpo_lightning.runtime.resume import resume_arguments
 

@@ -17,8 +17,8 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from test_wandb import wandb_run_record
 
+from dpo_lightning.cli import frontier
 from dpo_lightning.cli.sweep import collect_jobs, format_table, objective
-from dpo_lightning.eval import frontier
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

@@ -87,7 +87,10 @@ def test_default_run_writes_summary_checkpoints_and_a_loadable_policy(tmp_path):
     ("overrides", "message"),
     [
         (["beta=-1"], "error: beta: must be > 0, got -1"),
-        (["task.tokenize.max_prompt_length=80"], "error: task.tokenize.max_prompt_length: must be in [1, task.tokenize.max_length=64), got 80"),
+        (
+            ["task.tokenize.max_prompt_length=80"],
+            "error: task.tokenize.max_prompt_length: must be in [1, task.tokenize.max_length=64), got 80",
+        ),
         (
             ["model=nope"],
             "error: model: unknown option 'nope'; choose one of: gpt2, gpt2-large, gptj, hf, pythia28, tiny",
@@ -115,7 +118,9 @@ def test_bad_local_row_names_file_row_and_field(tmp_path):
         {"prompt": "Hi", "chosen": "", "rejected": " no"}
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train("task=local", f"task.source.path={data}", f"task.source.val_path={data}", run_dir=tmp_path / "run", timeout=120)
+    result = train(
+        "task=local", f"task.source.path={data}", f"task.source.val_path={data}", run_dir=tmp_path / "run", timeout=120
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {data}: row 5: chosen: empty"
 
@@ -211,7 +216,12 @@ def test_streaming_ddp_two_ranks_two_workers_sees_every_row_once(tmp_path):
     train_file, val_file = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     val_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    task = ["task=local", f"task.source.path={train_file}", f"task.source.val_path={val_file}", "data.eval_batch_size=2"]
+    task = [
+        "task=local",
+        f"task.source.path={train_file}",
+        f"task.source.val_path={val_file}",
+        "data.eval_batch_size=2",
+    ]
     result = train(
         *task,
         "task.streaming=true",

@@ -45,8 +45,9 @@ def one_line_errors(function: Callable[[DictConfig], Any]) -> Callable[[DictConf
 def command(hydra_main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point around a `hydra.main` function: unknown `group=option` overrides and task keys of
     the flat layout of earlier versions fail in one line before Hydra parses the command line, `resume=` picks
-    the run folder (`resume.resume_arguments`), and the config Hydra prints for `--cfg` is redacted (`console.printed_config_redacted`).
-    A multirun ends with status 1 when any of its jobs did not complete (`sweep.finish_sweep`)."""
+    the run folder (`resume.resume_arguments`), and the config Hydra prints for `--cfg` is redacted
+    (`console.printed_config_redacted`). A multirun ends with status 1 when any of its jobs did not complete
+    (`sweep.finish_sweep`)."""
 
     def main() -> None:
         try:

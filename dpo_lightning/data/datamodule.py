@@ -70,7 +70,7 @@ class PreferenceDataModule(L.LightningDataModule):
         *,
         batch_size: int,
         eval_batch_size: int,
-        tokenize: TokenizeSettings,
+        tokenize: TokenizeSettings = TokenizeSettings(),  # noqa: B008 - frozen: shared safely
         skip_bad_rows: bool = False,
         streaming: bool = False,
         shuffle_buffer: int = 10_000,

@@ -32,6 +32,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -224,7 +225,7 @@ def _check_dtype(dtype: str | None) -> None:
 class ReferenceStrategy:
     """How π_ref is held: called once the policy exists (`DPOLitModule.configure_model`)."""
 
-    name: str = "model"  # the option's name, shown in summaries
+    name: ClassVar[str]  # the option of the `reference/` group
 
     def prepare_policy(self, policy: PreTrainedModel) -> nn.Module:
         """The policy to train (`lora` wraps it in adapters; the others return it as it is)."""
@@ -248,7 +249,7 @@ class ReferenceStrategy:
 class FrozenCopy(ReferenceStrategy):
     """`reference=model`: a frozen copy of the initial policy in `dtype` (None: the policy's)."""
 
-    name: str = "model"
+    name: ClassVar[str] = "model"
     dtype: str | None = None
 
     def __post_init__(self) -> None:
@@ -266,7 +267,7 @@ class Precomputed(ReferenceStrategy):
     """`reference=precomputed`: log-probs cached before training (`reference_cache.precompute_reference` sets
     `cache_file`); `dtype`: of that one pass; `cache_dir`: where caches live (None: `<run folder>/reference_cache`)."""
 
-    name: str = "precomputed"
+    name: ClassVar[str] = "precomputed"
     dtype: str | None = None
     cache_dir: str | None = None
     cache_file: str | None = None
@@ -304,7 +305,7 @@ class LoraSettings:
 class LoraAdapters(ReferenceStrategy):
     """`reference=lora`: the policy becomes a PEFT LoRA model; the reference is it with adapters disabled."""
 
-    name: str = "lora"
+    name: ClassVar[str] = "lora"
     lora: LoraSettings | None = None
 
     def __post_init__(self) -> None:
@@ -345,7 +346,7 @@ class LoraAdapters(ReferenceStrategy):
 class ReferenceFree(ReferenceStrategy):
     """`reference=none`: π_ref ≡ 1 (the reference implementation's `reference_free` option)."""
 
-    name: str = "none"
+    name: ClassVar[str] = "none"
 
     def reference(self, policy: nn.Module) -> Reference:
         return NoReference()
@@ -356,7 +357,7 @@ class PeriodicSync(ReferenceStrategy):
     """`reference=sync` (TR-DPO): a frozen copy pulled towards the policy, ref ← α·policy + (1 − α)·ref every
     `every_n_steps` optimizer steps."""
 
-    name: str = "sync"
+    name: ClassVar[str] = "sync"
     alpha: float = 0.6
     every_n_steps: int = 512
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.data.datamodule import micro_batch_size
 from dpo_lightning.errors import ConfigError
+from dpo_lightning.models.reference import LoraAdapters
 from dpo_lightning.models.sharding import is_fsdp
 from dpo_lightning.runtime.checkpoints import SafetensorsCheckpointIO
 from dpo_lightning.runtime.faults import DivergenceGuard, Preemption
@@ -49,7 +50,7 @@ def check_trainer_config(cfg: DictConfig) -> None:
         )
     if not is_fsdp(trainer):
         return
-    if cfg.reference.get("name") == "lora":
+    if cfg.reference.get("_target_") == f"{LoraAdapters.__module__}.{LoraAdapters.__name__}":
         raise ConfigError(
             "reference",
             "reference=lora is not supported with trainer=fsdp (sharding a PEFT model is untested here); "

@@ -23,12 +23,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.prepare import PairPreparer, RowReport
-from dpo_lightning.data.sources import build_source
 from dpo_lightning.data.tokenize import PairTokenizer
 from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.instantiate import build
 from dpo_lightning.models.loading import load_tokenizer
 from dpo_lightning.runtime.run import build_datamodule
 
@@ -454,7 +454,8 @@ def test_a_held_out_row_is_named_by_its_place_in_the_file(tmp_path):
 def test_generated_sentiment_pairs_have_no_bad_rows(streaming):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
-            "config", overrides=["task.source.num_train_pairs=48", "task.source.num_val_pairs=16", f"task.streaming={streaming}"]
+            "config",
+            overrides=["task.source.num_train_pairs=48", "task.source.num_val_pairs=16", f"task.streaming={streaming}"],
         )
     cfg.data.batch_size = cfg.data.eval_batch_size = 64
     report = prepared(cfg).report()
@@ -472,7 +473,7 @@ def test_imdb_prompts_stop_at_an_unreadable_line_naming_file_and_line(case, tmp_
     train = write(tmp_path / "reviews.jsonl", [review, line, review])
     cfg = copy.deepcopy(_composed("imdb"))
     OmegaConf.update(cfg, "task.source.data_files.train", str(train))
-    prompts = build_source(OmegaConf.to_container(cfg.task, resolve=True)).prompts("train")
+    prompts = build(cfg.task.source, "task.source").prompts("train")
     assert next(prompts).startswith("A fine")  # the review before it still comes out
     with pytest.raises(DataError) as error:
         next(prompts)

@@ -10,11 +10,9 @@ import datasets
 import huggingface_hub
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from dpo_lightning.cli.checks import source_arguments
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.sources.base import FILTERED, HubSource
 from dpo_lightning.data.sources.hh import HHSource
 from dpo_lightning.data.sources.shp import SHPSource
@@ -22,6 +20,7 @@ from dpo_lightning.data.sources.tldr import TLDRSource
 from dpo_lightning.data.sources.ultrafeedback import UltraFeedbackSource
 from dpo_lightning.data.validate import triple_problem
 from dpo_lightning.errors import ConfigError, DataError, RowProblem
+from dpo_lightning.instantiate import build
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SOURCES = {"hh": HHSource, "tldr": TLDRSource, "shp": SHPSource, "ultrafeedback": UltraFeedbackSource}
@@ -403,10 +402,7 @@ def test_a_missing_required_column_names_the_file_and_column(task, streaming, tm
         list(broken.load("train", streaming=streaming))
 
 
-EXPECTED_KEYS = {
-    "_target_", "name", "path", "subset", "data_dir", "revision", "splits", "data_files", "streaming", "shuffle_buffer",
-    "max_length", "max_prompt_length", "truncation_mode", "prompt_suffix", "skip_bad_rows", "reward",
-}  # fmt: skip
+EXPECTED_KEYS = {"_target_", "path", "subset", "data_dir", "revision", "splits", "data_files"}  # task.source
 
 
 @pytest.mark.parametrize("task", SOURCES)
@@ -414,11 +410,10 @@ def test_task_configs_compose_and_instantiate_on_the_fixtures(task):
     overrides = [f"task={task}", *(f"task.source.data_files.{split}={fixture(task, split)}" for split in SPLITS)]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    options = OmegaConf.to_container(cfg.task, resolve=True)
+    options = OmegaConf.to_container(cfg.task.source, resolve=True)
     assert set(options) == EXPECTED_KEYS | ({"min_score_ratio", "group_by_post"} if task == "shp" else set())
     assert set(options["splits"]) == set(options["data_files"]) == set(SPLITS)
-    arguments = source_arguments(options)  # as run.py does
-    built = get_object(options["_target_"])(**arguments)
+    built = build(cfg.task.source, "task.source")  # as run.py does
     assert type(built) is SOURCES[task]
     for split in SPLITS:
         assert list(built.load(split)) == load(task, split)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from dpo_lightning.cli.train import CONF_DIR
-from dpo_lightning.data.sources import build_source
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.sources.imdb import IMDbPrompts
 from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.instantiate import build
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "imdb"
 SPLITS = ("train", "validation")
@@ -26,7 +25,7 @@ def imdb_source(*overrides: str, files: dict[str, Path] | None = None) -> IMDbPr
     data_files = [f"task.source.data_files.{split}={file}" for split, file in files.items()]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("pairs", overrides=["policy=unused", "task=imdb", *data_files, *overrides])
-    return build_source(OmegaConf.to_container(cfg.task, resolve=True))
+    return build(cfg.task.source, "task.source")
 
 
 def reviews(split: str) -> list[str]:

@@ -9,6 +9,7 @@ import pytest
 
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.sources.local import LocalSource, split_common_prefix
+from dpo_lightning.data.tokenize import TokenizeSettings
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
@@ -71,9 +72,11 @@ def _datamodule(source, skip_bad_rows=False, streaming=False, **options):
         load_tiny_tokenizer(),
         batch_size=4,
         eval_batch_size=4,
-        max_length=options.pop("max_length", 128),
-        max_prompt_length=options.pop("max_prompt_length", 64),
-        truncation_mode="keep_start",
+        tokenize=TokenizeSettings(
+            max_length=options.pop("max_length", 128),
+            max_prompt_length=options.pop("max_prompt_length", 64),
+            truncation_mode="keep_start",
+        ),
         skip_bad_rows=skip_bad_rows,
         streaming=streaming,
         **options,
@@ -194,9 +197,7 @@ def test_conversations_need_a_chat_template(tmp_path):
         tokenizer,
         batch_size=1,
         eval_batch_size=1,
-        max_length=64,
-        max_prompt_length=32,
-        truncation_mode="keep_end",
+        tokenize=TokenizeSettings(max_length=64, max_prompt_length=32, truncation_mode="keep_end"),
     )
     with pytest.raises(ConfigError, match=r"model\.tokenizer: has no chat template"):
         datamodule.setup()

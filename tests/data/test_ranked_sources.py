@@ -10,12 +10,10 @@ from pathlib import Path
 import datasets
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_object
 from omegaconf import OmegaConf
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from dpo_lightning.cli.checks import source_arguments
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.sources.base import is_ranked, row_features
 from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.sources.sentiment import (
@@ -26,6 +24,10 @@ from dpo_lightning.data.sources.sentiment import (
 from dpo_lightning.data.sources.shp import SHPSource
 from dpo_lightning.data.sources.ultrafeedback_ranked import UltraFeedbackRankedSource, held_out
 from dpo_lightning.errors import ConfigError, DataError, RowProblem
+from dpo_lightning.eval.rewards import VaderReward
+from dpo_lightning.instantiate import build
+
+LABELLER = VaderReward()  # what labels task=sentiment's pairs
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SPLITS = ("train", "validation")
@@ -531,8 +533,7 @@ def test_ultrafeedback_ranked_config_composes_and_reads_the_fixtures():
     files = [f"task.source.data_files.{split}={FIXTURES / 'ultrafeedback_raw' / f'{split}.jsonl'}" for split in SPLITS]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["task=ultrafeedback_ranked", *files])
-    options = OmegaConf.to_container(cfg.task, resolve=True)
-    built = get_object(options["_target_"])(**source_arguments(options))
+    built = build(cfg.task.source, "task.source")
     assert type(built) is UltraFeedbackRankedSource and built.score == "mean_rating"
     for split in SPLITS:
         assert list(built.load(split)) == list(ultrafeedback().load(split))
@@ -545,7 +546,7 @@ VADER = SentimentIntensityAnalyzer()  # our own instance, independent of the mod
 
 def test_sentiment_pairs_are_unchanged():
     """The rows of the pair generator before rankings were added (README figures depend on them)."""
-    rows = generate_sentiment_pairs(200, seed=1234, min_margin=0.3)
+    rows = generate_sentiment_pairs(200, seed=1234, min_margin=0.3, labeller=LABELLER)
     assert rows[0] == {
         "prompt": "My review of Letters from Iron Harbor: the acting is",
         "chosen": " not ridiculous, but the audience applauded.",
@@ -556,17 +557,19 @@ def test_sentiment_pairs_are_unchanged():
     )
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
     assert digest == "d17dab53d0403eab09b24ded7027a96cd7875e4069e14cc3d0779a0f1c39de7a"
-    source = SentimentSource(num_train_pairs=150, num_val_pairs=50, seed=1234, min_margin=0.3)
+    source = SentimentSource(LABELLER, num_train_pairs=150, num_val_pairs=50, seed=1234, min_margin=0.3)
     assert not is_ranked(source)
     assert source.load("train").select_columns(["prompt", "chosen", "rejected"]).to_list() == rows[:150]
 
 
 def test_sentiment_rankings_are_scored_by_vader_and_spread_by_the_margin():
-    rows = generate_sentiment_rankings(60, responses_per_prompt=4, seed=5, min_margin=0.2)
-    assert generate_sentiment_rankings(60, responses_per_prompt=4, seed=5, min_margin=0.2) == rows
-    assert generate_sentiment_rankings(10, responses_per_prompt=4, seed=5, min_margin=0.2) == rows[:10]
+    rows = generate_sentiment_rankings(60, responses_per_prompt=4, seed=5, min_margin=0.2, labeller=LABELLER)
+    assert generate_sentiment_rankings(60, responses_per_prompt=4, seed=5, min_margin=0.2, labeller=LABELLER) == rows
+    assert (
+        generate_sentiment_rankings(10, responses_per_prompt=4, seed=5, min_margin=0.2, labeller=LABELLER) == rows[:10]
+    )
     assert len({row["prompt"] for row in rows}) == 60
-    pairs = generate_sentiment_pairs(60, seed=5, min_margin=0.2)
+    pairs = generate_sentiment_pairs(60, seed=5, min_margin=0.2, labeller=LABELLER)
     assert [row["prompt"] for row in rows[:1]] == [pairs[0]["prompt"]]  # the same first prompt as the pairs
     for row in rows:
         assert len(row["responses"]) == len(set(row["responses"])) == len(row["scores"]) == 4
@@ -580,9 +583,11 @@ def test_sentiment_rankings_are_scored_by_vader_and_spread_by_the_margin():
 
 @MODES
 def test_sentiment_source_with_rankings(streaming):
-    source = SentimentSource(num_train_pairs=5, num_val_pairs=2, seed=3, min_margin=0.1, responses_per_prompt=3)
+    source = SentimentSource(
+        LABELLER, num_train_pairs=5, num_val_pairs=2, seed=3, min_margin=0.1, responses_per_prompt=3
+    )
     assert is_ranked(source)
-    rows = generate_sentiment_rankings(7, 3, seed=3, min_margin=0.1)
+    rows = generate_sentiment_rankings(7, 3, seed=3, min_margin=0.1, labeller=LABELLER)
     train, validation = source.load("train", streaming=streaming), source.load("validation", streaming=streaming)
     assert list(train) == [{"row": i, **row, "problem": "", "message": ""} for i, row in enumerate(rows[:5])]
     assert list(validation) == [{"row": i, **row, "problem": "", "message": ""} for i, row in enumerate(rows[5:])]
@@ -599,23 +604,25 @@ def test_sentiment_source_with_rankings(streaming):
 )
 def test_sentiment_ranking_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
-        SentimentSource(num_train_pairs=2, num_val_pairs=1, **options)
+        SentimentSource(LABELLER, num_train_pairs=2, num_val_pairs=1, **options)
 
 
 def test_sentiment_an_unreachable_margin_fails_instead_of_hanging():
     with pytest.raises(ValueError, match=r"min_margin=0.999: no continuation that far"):
-        generate_sentiment_rankings(1, responses_per_prompt=3, seed=0, min_margin=0.999)
+        generate_sentiment_rankings(1, responses_per_prompt=3, seed=0, min_margin=0.999, labeller=LABELLER)
     with pytest.raises(ValueError, match="responses_per_prompt"):
-        generate_sentiment_rankings(1, responses_per_prompt=1, seed=0)
+        generate_sentiment_rankings(1, responses_per_prompt=1, seed=0, labeller=LABELLER)
 
 
 def test_sentiment_config_keeps_pairs_by_default():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["task=sentiment", "task.source.responses_per_prompt=3", "task.source.num_train_pairs=4"])
-    options = OmegaConf.to_container(cfg.task, resolve=True)
-    built = get_object(options["_target_"])(**{**source_arguments(options), "num_val_pairs": 2})
+        cfg = compose(
+            "config",
+            overrides=["task=sentiment", "task.source.responses_per_prompt=3", "task.source.num_train_pairs=4"],
+        )
+    built = build(cfg.task.source, "task.source", num_val_pairs=2)
     assert is_ranked(built) and len(built.load("validation")[0]["responses"]) == 3
-    assert OmegaConf.load(CONF_DIR / "task" / "sentiment.yaml").responses_per_prompt is None
+    assert OmegaConf.load(CONF_DIR / "task" / "sentiment.yaml").source.responses_per_prompt is None
 
 
 def test_every_ranked_split_is_a_dataset_of_the_ranked_features():

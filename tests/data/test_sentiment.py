@@ -7,10 +7,13 @@ import sys
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from dpo_lightning.data.sources.sentiment import SentimentSource, generate_sentiment_pairs, sentiment_reward
+from dpo_lightning.data.sources.sentiment import SentimentSource, generate_sentiment_pairs
+from dpo_lightning.eval.rewards import VaderReward, sentiment_reward
+
+LABELLER = VaderReward()  # what labels task=sentiment's pairs
 
 MARGIN = 0.3
-ROWS = generate_sentiment_pairs(1000, seed=5, min_margin=MARGIN)
+ROWS = generate_sentiment_pairs(1000, seed=5, min_margin=MARGIN, labeller=LABELLER)
 VADER = SentimentIntensityAnalyzer()  # an instance of our own, independent of the module's cached one
 
 
@@ -19,15 +22,17 @@ def vader(text: str) -> float:
 
 
 def test_same_seed_same_rows_other_seed_other_rows():
-    assert generate_sentiment_pairs(1000, seed=5, min_margin=MARGIN) == ROWS
-    assert generate_sentiment_pairs(1000, seed=6, min_margin=MARGIN) != ROWS
-    assert generate_sentiment_pairs(10, seed=5, min_margin=MARGIN) == ROWS[:10]  # a prefix of a longer run
+    assert generate_sentiment_pairs(1000, seed=5, min_margin=MARGIN, labeller=LABELLER) == ROWS
+    assert generate_sentiment_pairs(1000, seed=6, min_margin=MARGIN, labeller=LABELLER) != ROWS
+    assert (
+        generate_sentiment_pairs(10, seed=5, min_margin=MARGIN, labeller=LABELLER) == ROWS[:10]
+    )  # a prefix of a longer run
 
 
 def test_same_rows_in_another_process():
     code = (
         "from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs\n"
-        f"print(generate_sentiment_pairs(50, seed=5, min_margin={MARGIN}))"
+        f"print(generate_sentiment_pairs(50, seed=5, min_margin={MARGIN}, labeller=LABELLER))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "123"}  # another string-hash order than this process's
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -43,7 +48,7 @@ def test_every_preference_is_vaders_with_the_margin():
 
 
 def test_no_ties_even_without_a_margin():
-    for row in generate_sentiment_pairs(300, seed=1, min_margin=0.0):
+    for row in generate_sentiment_pairs(300, seed=1, min_margin=0.0, labeller=LABELLER):
         assert vader(row["prompt"] + row["chosen"]) > vader(row["prompt"] + row["rejected"]), row
 
 
@@ -75,24 +80,24 @@ def test_preference_is_about_degree_not_a_constant():
 
 
 def test_source_splits_are_fixed_and_disjoint():
-    source = SentimentSource(num_train_pairs=300, num_val_pairs=50, seed=9, min_margin=MARGIN)
+    source = SentimentSource(LABELLER, num_train_pairs=300, num_val_pairs=50, seed=9, min_margin=MARGIN)
     train, validation = source.load("train"), source.load("validation")
     assert (len(train), len(validation)) == (300, 50)
     assert train.column_names == ["row", "prompt", "chosen", "rejected", "problem", "message"]
     assert list(train["row"]) == list(range(300)) and set(train["problem"]) == {""}
     assert all(train.features[column].dtype == "string" for column in ("prompt", "chosen", "rejected"))
     assert not set(train["prompt"]) & set(validation["prompt"])
-    rows = generate_sentiment_pairs(350, seed=9, min_margin=MARGIN)
+    rows = generate_sentiment_pairs(350, seed=9, min_margin=MARGIN, labeller=LABELLER)
     triples = ["prompt", "chosen", "rejected"]
     assert train.select_columns(triples).to_list() == rows[:300]
     assert validation.select_columns(triples).to_list() == rows[300:]
-    again = SentimentSource(num_train_pairs=300, num_val_pairs=50, seed=9, min_margin=MARGIN)
+    again = SentimentSource(LABELLER, num_train_pairs=300, num_val_pairs=50, seed=9, min_margin=MARGIN)
     assert again.load("validation").to_list() == validation.to_list()
 
 
 def test_unknown_split_is_named():
     with pytest.raises(ValueError, match=r"unknown split 'test'.*'train', 'validation'"):
-        SentimentSource(num_train_pairs=2, num_val_pairs=1).load("test")
+        SentimentSource(LABELLER, num_train_pairs=2, num_val_pairs=1).load("test")
 
 
 @pytest.mark.parametrize(
@@ -107,7 +112,7 @@ def test_unknown_split_is_named():
 )
 def test_bad_source_arguments_are_named(arguments, name):
     with pytest.raises(ValueError, match=name):
-        SentimentSource(**arguments)
+        SentimentSource(LABELLER, **arguments)
 
 
 @pytest.mark.parametrize(
@@ -116,4 +121,4 @@ def test_bad_source_arguments_are_named(arguments, name):
 )
 def test_bad_generator_arguments_are_named(arguments, name):
     with pytest.raises(ValueError, match=name):  # 1.99 is valid but unreachable: a clear error, not a hang
-        generate_sentiment_pairs(**{"num_pairs": 3, "seed": 0, **arguments})
+        generate_sentiment_pairs(**{"num_pairs": 3, "seed": 0, **arguments}, labeller=LABELLER)

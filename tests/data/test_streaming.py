@@ -14,7 +14,7 @@ from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.prepare import PairPreparer
 from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs
-from dpo_lightning.data.tokenize import PairTokenizer
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings
 from dpo_lightning.errors import DataError
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
@@ -31,7 +31,9 @@ def _write_rows(path, count=NUM_ROWS, bad=()):
 
 def _stream(path, *, rank=0, world_size=1, chunk_size=3, shuffle_buffer=0, skip_bad_rows=False):
     tokenizer = load_tiny_tokenizer()
-    pair_tokenizer = PairTokenizer(tokenizer, max_length=64, max_prompt_length=32, truncation_mode="keep_start")
+    pair_tokenizer = PairTokenizer(
+        tokenizer, TokenizeSettings(max_length=64, max_prompt_length=32, truncation_mode="keep_start")
+    )
     source = LocalSource(str(path), val_path=str(path))
     dataset = StreamingPairs(
         source.load("train", streaming=True),
@@ -90,9 +92,7 @@ def test_streaming_batches_equal_map_style_batches_without_shuffling(tmp_path, n
             load_tiny_tokenizer(),
             batch_size=4,
             eval_batch_size=5,
-            max_length=64,
-            max_prompt_length=32,
-            truncation_mode="keep_start",
+            tokenize=TokenizeSettings(max_length=64, max_prompt_length=32, truncation_mode="keep_start"),
             streaming=streaming,
             num_workers=num_workers,
         )

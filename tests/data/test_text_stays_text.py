@@ -18,7 +18,7 @@ from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.prepare import PairPreparer
 from dpo_lightning.data.sources.files import read_files
 from dpo_lightning.data.sources.local import LocalSource
-from dpo_lightning.data.tokenize import PairTokenizer, Rendered
+from dpo_lightning.data.tokenize import PairTokenizer, Rendered, TokenizeSettings
 from dpo_lightning.errors import ConfigError, RowProblem
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
@@ -89,7 +89,10 @@ def _forgery(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def _pair_tokenizer(tokenizer: PreTrainedTokenizerBase, prompt_suffix: str = "") -> PairTokenizer:
     return PairTokenizer(
-        tokenizer, max_length=512, max_prompt_length=256, truncation_mode="keep_end", prompt_suffix=prompt_suffix
+        tokenizer,
+        TokenizeSettings(
+            max_length=512, max_prompt_length=256, truncation_mode="keep_end", prompt_suffix=prompt_suffix
+        ),
     )
 
 
@@ -216,9 +219,7 @@ def _datamodule(path: Path, streaming: bool) -> PreferenceDataModule:
         load_tiny_tokenizer(),
         batch_size=8,
         eval_batch_size=8,
-        max_length=128,
-        max_prompt_length=64,
-        truncation_mode="keep_end",
+        tokenize=TokenizeSettings(max_length=128, max_prompt_length=64, truncation_mode="keep_end"),
         streaming=streaming,
     )
     datamodule.setup("fit")

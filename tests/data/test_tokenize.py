@@ -2,7 +2,7 @@
 
 import pytest
 
-from dpo_lightning.data.tokenize import PairTokenizer, truncate_pair
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings, truncate_pair
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
@@ -58,7 +58,11 @@ def test_rejects_unknown_mode():
 def test_keep_start_keeps_a_protected_suffix():
     chosen = [7] * 20 + [EOS]  # 20 + 21 > 32 → the prompt is cut to 16 tokens
     pair, cut = truncate_pair(
-        PROMPT, chosen, [9, EOS], max_length=32, max_prompt_length=16, truncation_mode="keep_start", protected_suffix=3
+        PROMPT,
+        chosen,
+        [9, EOS],
+        TokenizeSettings(max_length=32, max_prompt_length=16, truncation_mode="keep_start"),
+        protected_suffix=3,
     )
     assert pair.prompt_ids == PROMPT[:13] + PROMPT[-3:] and cut.prompt
 
@@ -67,7 +71,8 @@ def test_pair_tokenizer_encodes_the_suffix_apart_and_keeps_it():
     tokenizer = load_tiny_tokenizer()
     suffix = "\nTL;DR:"
     pairs = PairTokenizer(
-        tokenizer, max_length=40, max_prompt_length=24, truncation_mode="keep_start", prompt_suffix=suffix
+        tokenizer,
+        TokenizeSettings(max_length=40, max_prompt_length=24, truncation_mode="keep_start", prompt_suffix=suffix),
     )
     post = "POST: " + "the acting was truly wonderful and the ending felt charming " * 20
     (long, long_cut), (short, short_cut) = pairs([post + suffix, "POST: short" + suffix], [" good"] * 2, [" bad"] * 2)
@@ -79,11 +84,8 @@ def test_pair_tokenizer_encodes_the_suffix_apart_and_keeps_it():
 
 
 def test_a_suffix_that_fills_the_prompt_budget_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"^task\.prompt_suffix: is \d+ tokens"):
+    with pytest.raises(ConfigError, match=r"^task\.tokenize\.prompt_suffix: is \d+ tokens"):
         PairTokenizer(
             load_tiny_tokenizer(),
-            max_length=8,
-            max_prompt_length=2,
-            truncation_mode="keep_start",
-            prompt_suffix="\nTL;DR:",
+            TokenizeSettings(max_length=8, max_prompt_length=2, truncation_mode="keep_start", prompt_suffix="\nTL;DR:"),
         )

@@ -14,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.container import ErrorbarContainer
 from matplotlib.image import imread
 
+from dpo_lightning.cli.frontier import main, sweep_command
 from dpo_lightning.errors import DataError
 from dpo_lightning.eval.frontier import (
     CSV_COLUMNS,
@@ -22,10 +23,8 @@ from dpo_lightning.eval.frontier import (
     Y_LABEL,
     collect_points,
     frontier_title,
-    main,
     plot_frontier,
     reference_reward,
-    sweep_command,
     write_frontier,
 )
 

@@ -17,16 +17,20 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from test_train import ROOT
 
-from dpo_lightning.cli.train import CONF_DIR
-from dpo_lightning.data.sources import build_source
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.sources.local import LocalSource
-from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs, sentiment_reward
+from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.eval.pairs import best_and_worst, check_pairs_config, task_prompts
+from dpo_lightning.eval.rewards import VaderReward, sentiment_reward
 from dpo_lightning.eval.sampling import SamplingSettings
+from dpo_lightning.instantiate import build
 from dpo_lightning.models.loading import build_model, load_tokenizer
-from dpo_lightning.models.reference import weights_fingerprint
+from dpo_lightning.models.reference_cache import weights_fingerprint
 from dpo_lightning.runtime.export import export_policy
+
+LABELLER = VaderReward()  # what labels task=sentiment's pairs
+
 
 SPLITS = ("train", "validation")
 PROMPTS = {"train": 12, "validation": 4}
@@ -37,7 +41,7 @@ TINY = [
     f"num_prompts.validation={PROMPTS['validation']}",
     f"samples_per_prompt={K}",
     "sampling.max_new_tokens=8",
-    *(f"task.{key}={value}" for key, value in SENTIMENT.items()),
+    *(f"task.source.{key}={value}" for key, value in SENTIMENT.items()),
 ]
 TRIPLE = ("prompt", "chosen", "rejected")
 
@@ -103,10 +107,10 @@ def test_best_and_worst(scores, min_margin, expected):
 
 
 def test_task_prompts_of_the_sentiment_task_are_its_prompts_in_data_order():
-    cfg = compose_config("pairs", "policy=unused", *(f"task.{key}={value}" for key, value in SENTIMENT.items()))
-    source = build_source(OmegaConf.to_container(cfg.task, resolve=True))
+    cfg = compose_config("pairs", "policy=unused", *(f"task.source.{key}={value}" for key, value in SENTIMENT.items()))
+    source = build(cfg.task.source, "task.source")
     total = SENTIMENT["num_train_pairs"] + SENTIMENT["num_val_pairs"]
-    rows = generate_sentiment_pairs(total, SENTIMENT["seed"], SENTIMENT["min_margin"])
+    rows = generate_sentiment_pairs(total, SENTIMENT["seed"], SENTIMENT["min_margin"], labeller=LABELLER)
     expected = {"train": rows[: SENTIMENT["num_train_pairs"]], "validation": rows[SENTIMENT["num_train_pairs"] :]}
     for split in SPLITS:
         prompts = list(task_prompts(source, split))
@@ -175,7 +179,7 @@ def test_pairs_are_the_best_and_worst_of_rescored_samples(generated):
             assert (row["chosen_reward"], row["rejected_reward"]) == (row["scores"][best], row["scores"][worst])
             ranked += 1
         # The pairs' prompts are the split's first prompts, in data order (tied prompts left out).
-        first = list(task_prompts(build_source({**SENTIMENT, "_target_": provenance["task"]["_target_"]}), split))
+        first = list(task_prompts(build(provenance["task"]["source"], "task.source"), split))
         first = first[: PROMPTS[split]]
         positions = [first.index(row["prompt"]) for row in rows]
         assert positions == sorted(set(positions)), split
@@ -192,7 +196,8 @@ def test_provenance_names_policy_weights_settings_and_is_in_each_file(generated,
     assert provenance["samples_per_prompt"] == K and provenance["min_margin"] == 0.0
     assert provenance["sampling"]["max_new_tokens"] == 8
     assert provenance["reward"]["_target_"] == "dpo_lightning.eval.rewards.VaderReward"
-    assert {k: provenance["task"][k] for k in SENTIMENT} == SENTIMENT and "reward" not in provenance["task"]
+    source = provenance["task"]["source"]
+    assert {k: source[k] for k in SENTIMENT} == SENTIMENT and "reward" not in provenance["task"]
     assert set(provenance["splits"]) == set(SPLITS)
     for split in SPLITS:
         metadata = pq.read_schema(generated / f"{split}.parquet").metadata
@@ -202,8 +207,10 @@ def test_provenance_names_policy_weights_settings_and_is_in_each_file(generated,
 
 def test_task_local_reads_the_pairs(generated):
     files = {split: generated / f"{split}.parquet" for split in SPLITS}
-    cfg = compose_config("config", "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}")
-    source = build_source(OmegaConf.to_container(cfg.task, resolve=True))
+    cfg = compose_config(
+        "config", "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}"
+    )
+    source = build(cfg.task.source, "task.source")
     for split in SPLITS:
         loaded = source.load(split).to_list()
         expected = [{k: row[k] for k in TRIPLE} for row in read_rows(files[split])]
@@ -218,7 +225,7 @@ def test_task_local_reads_the_samples_as_rankings(generated):
         "config", "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}",
         "task.source.responses_column=responses",
     )  # fmt: skip
-    source = build_source(OmegaConf.to_container(cfg.task, resolve=True))
+    source = build(cfg.task.source, "task.source")
     for split in SPLITS:
         loaded = source.load(split).to_list()
         expected = [(row["prompt"], row["responses"], row["scores"]) for row in read_rows(files[split])]

@@ -9,8 +9,7 @@ import torch
 from test_judges import reference_logits, save_tiny_classifier, softmax_column
 from transformers import AutoModelForSequenceClassification
 
-from dpo_lightning.data.sources.sentiment import sentiment_reward
-from dpo_lightning.eval.rewards import ClassifierReward, VaderReward
+from dpo_lightning.eval.rewards import ClassifierReward, VaderReward, sentiment_reward
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]

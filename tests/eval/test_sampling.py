@@ -8,11 +8,10 @@ import pytest
 import torch
 from test_module import ADAMW, DPO, MODEL
 
-from dpo_lightning.data.sources.sentiment import sentiment_reward
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.eval.callback import SampleEvaluation
 from dpo_lightning.eval.kl import kl_estimate, mean_and_standard_error
-from dpo_lightning.eval.rewards import VaderReward
+from dpo_lightning.eval.rewards import VaderReward, sentiment_reward
 from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
 from dpo_lightning.models.loading import build_model
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer

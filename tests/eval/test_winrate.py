@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_judges import KEY_ENV, SECRET, FakeChatServer, reference_logits, save_tiny_classifier
 
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.eval.judges import Judge, Verdict
 from dpo_lightning.eval.winrate import (

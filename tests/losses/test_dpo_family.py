@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.losses import PairLogps
 from dpo_lightning.losses.aot import AOT

@@ -16,13 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from test_module import ADAMW, MODEL
 from test_train import SMALL, _summary, train
 
-from dpo_lightning.cli.checks import validate_config
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.collate import Batch, collate_padded
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.losses import PairLogps, RankingLogps, TokenLogps
 from dpo_lightning.models.loading import build_model
 from dpo_lightning.models.logprobs import sum_per_sequence, token_logprobs
+from dpo_lightning.runtime.checks import validate_config
 from dpo_lightning.training.module import DPOLitModule
 
 LOSSES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))

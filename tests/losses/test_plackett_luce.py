@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from dpo_lightning.cli.train import CONF_DIR
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.rankings import ranks_from_scores
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.losses import LossOutput, PairLogps, RankingLogps
