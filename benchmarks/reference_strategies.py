@@ -28,19 +28,27 @@ from train_throughput import WIDTHS, _model_config, _pairs
 
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.models.loading import build_model
-from dpo_lightning.models.reference import compute_table
+from dpo_lightning.models.reference import (
+    FrozenCopy,
+    LoraAdapters,
+    PeriodicSync,
+    Precomputed,
+    ReferenceFree,
+    ReferenceStrategy,
+)
+from dpo_lightning.models.reference_cache import compute_table
 from dpo_lightning.training.module import DPOLitModule
 
 # One more width, for a GPU, where the reference's own memory stands out from the activations' (≈107M parameters).
 WIDTHS.setdefault("medium", (1024, 2816, 8))
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None, "merge_on_export": True}
-STRATEGIES = {  # label → (reference config, what is held besides the trained policy)
-    "model": ({"name": "model", "dtype": None}, "a frozen fp32 copy"),
-    "model, dtype=bfloat16": ({"name": "model", "dtype": "bfloat16"}, "a frozen bf16 copy"),
-    "precomputed": ({"name": "precomputed", "dtype": None, "cache_dir": None}, "24 bytes a pair"),
-    "lora": ({"name": "lora", "lora": LORA}, "nothing (adapters off)"),
-    "sync": ({"name": "sync", "alpha": 0.6, "every_n_steps": 4}, "a copy, mixed every 4 steps"),
-    "none": ({"name": "none"}, "nothing (π_ref ≡ 1)"),
+STRATEGIES = {  # label → (reference strategy, what is held besides the trained policy)
+    "model": (FrozenCopy(), "a frozen fp32 copy"),
+    "model, dtype=bfloat16": (FrozenCopy(dtype="bfloat16"), "a frozen bf16 copy"),
+    "precomputed": (Precomputed(), "24 bytes a pair"),
+    "lora": (LoraAdapters(lora=LORA), "nothing (adapters off)"),
+    "sync": (PeriodicSync(alpha=0.6, every_n_steps=4), "a copy, mixed every 4 steps"),
+    "none": (ReferenceFree(), "nothing (π_ref ≡ 1)"),
 }
 
 
@@ -53,7 +61,9 @@ def _precompute(queue: multiprocessing.Queue, width: str, batch_size: int, steps
     queue.put(time.perf_counter() - started)
 
 
-def _train(queue: multiprocessing.Queue, reference: dict, width: str, batch_size: int, steps: int, device: str) -> None:
+def _train(
+    queue: multiprocessing.Queue, reference: ReferenceStrategy, width: str, batch_size: int, steps: int, device: str
+) -> None:
     # `train_throughput.measure` builds its module by this name: give it the strategy to benchmark.
     train_throughput.DPOLitModule = partial(DPOLitModule, reference=reference)
     queue.put(train_throughput.measure(width, "dpo", batch_size, steps, device))
@@ -92,10 +102,10 @@ def main() -> None:
         for label in args.only or STRATEGIES:
             reference, held = STRATEGIES[label]
             precompute = ""
-            if reference["name"] == "precomputed":
+            if isinstance(reference, Precomputed):
                 cache_file = str(Path(folder) / "cache.safetensors")
                 precompute = f"{_in_child(context, _precompute, *workload, cache_file):.1f}"
-                reference = {**reference, "cache_file": cache_file}
+                reference = Precomputed(cache_file=cache_file)
             result = _in_child(context, _train, reference, *workload)
             peak = f"{result['peak_mib']:.0f}" + (f" ({result['baseline_mib']:.0f})" if args.device == "cpu" else "")
             print(

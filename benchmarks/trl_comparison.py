@@ -450,7 +450,8 @@ def model_options(options: dict) -> dict | None:
     positions only, chunked fp32 log-softmax) or "full" (head at every position, one [R, T, V] fp32 log-softmax,
     as TRL and the reference implementation), and `compile` (torch.compile of the policy's blocks). Before the
     lean switch existed, only the lean computation did; before `model.compile`, nothing compiled."""
-    from dpo_lightning import logprobs, models
+    from dpo_lightning.models import loading as models
+    from dpo_lightning.models import logprobs
 
     keys = {"compile": True} if options.get("compile") else {}
     if keys and not hasattr(models, "compile_blocks"):
@@ -615,7 +616,9 @@ def run_configuration(context, key: str, options: dict, work: dict, args) -> dic
         workload = (str(folder / "model"), str(folder / "pairs.jsonl"), precompute, args.batch_size, steps, args.lr)
         return _in_child(context, _guarded, _trl, *workload)
     config = {**work["model_config"], **model_options(options)}
-    reference = {"name": options["reference"], "dtype": None}
+    from dpo_lightning.models.reference import FrozenCopy, Precomputed
+
+    reference = FrozenCopy() if options["reference"] == "model" else Precomputed()
     precompute_s = None
     if options["reference"] == "precomputed":
         cache = str(folder / f"cache-{key}.safetensors")
@@ -624,7 +627,7 @@ def run_configuration(context, key: str, options: dict, work: dict, args) -> dic
         )
         if isinstance(precompute_s, dict):  # its error
             return precompute_s
-        reference |= {"cache_dir": None, "cache_file": cache}
+        reference = Precomputed(cache_file=cache)
     options = {**options, "reference_config": reference}
     workload = (options, config, work["pairs"][: work["trained_pairs"]], args.batch_size, steps, args.lr)
     return _in_child(context, _guarded, _ours, *workload) | {"precompute_s": precompute_s}

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +165,7 @@ def precompute_reference(
             "format": CACHE_FORMAT,
             "model": {"config": model_config, "weights": weights_fingerprint(model)},
             "precision": {"dtype": str(dtype or model.dtype), "trainer": str(trainer.precision)},
-            "tokenization": {**datamodule.tokenize_options, "tokenizer": tokenizer_fingerprint(datamodule.tokenizer)},
+            "tokenization": {**asdict(datamodule.tokenize), "tokenizer": tokenizer_fingerprint(datamodule.tokenizer)},
             "data": _data_fingerprint(cfg, datamodule),
             # the batching changes the values by rounding only (which tokens share a row, how much padding)
             "batching": {key: cfg.data.get(key) for key in ("layout", "packing_max_tokens", "eval_batch_size")},

@@ -7,8 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dpo_lightning.data.datamodule import micro_batch_size
 from dpo_lightning.errors import ConfigError
@@ -72,7 +71,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
 
     Clipping by norm (`trainer.gradient_clip_val`) is done by `faults.DivergenceGuard` with the gradient norm it
     computes anyway; clipping by value (`+trainer.gradient_clip_algorithm=value`) is left to Lightning."""
-    checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", **OmegaConf.to_container(cfg.checkpoint))
+    checkpoint = instantiate(cfg.checkpoint, dirpath=output_dir / "checkpoints")
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
     by_norm = cfg.trainer.get("gradient_clip_algorithm") in (None, "norm")
     guard = DivergenceGuard(max_norm=cfg.trainer.get("gradient_clip_val") if by_norm else None)

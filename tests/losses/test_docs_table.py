@@ -1,5 +1,6 @@
-"""The README's Losses table against the code: one row per `conf/loss/*.yaml` option, the hyperparameters and
-defaults of that yaml, and a reference column that says what the instantiated objective needs."""
+"""The Losses table of the docs (docs/losses.md) against the code: one row per `conf/loss/*.yaml` option, the
+hyperparameters and defaults of that yaml, and a reference column that says what the instantiated objective
+needs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hydra.utils import instantiate
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.losses import Objective
 
-README = CONF_DIR.parent / "README.md"
+PAGE = CONF_DIR.parents[1] / "docs" / "losses.md"
 LOSSES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
 HEADER = ["`loss`", "objective per pair", "paper", "hyperparameters", "reference"]
 NOT_HYPERPARAMETERS = {"_target_", "_convert_", "beta"}  # `beta` is top-level: the cell names it as `beta`
@@ -25,12 +26,9 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in CELL_SEPARATOR.split(line.strip())[1:-1]]
 
 
-def losses_table(readme: str) -> dict[str, dict[str, str]]:
-    """The rows of the one table in the README's `### Losses` section, by loss name: {column header: cell}."""
-    sections = readme.split("\n### Losses\n")
-    assert len(sections) == 2, "README.md needs exactly one `### Losses` section"
-    section = re.split(r"\n#+ ", sections[1], maxsplit=1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
+def losses_table(page: str) -> dict[str, dict[str, str]]:
+    """The rows of the one table of the Losses page, by loss name: {column header: cell}."""
+    lines = [line for line in page.splitlines() if line.startswith("|")]
     assert len(lines) > 2 and _cells(lines[0]) == HEADER, f"the Losses table's header must be {HEADER}"
     rows: dict[str, dict[str, str]] = {}
     for line in lines[2:]:
@@ -57,9 +55,9 @@ def _yaml_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def table_problems(readme: str, objectives: dict[str, Objective], confs: dict[str, dict]) -> list[str]:
+def table_problems(page: str, objectives: dict[str, Objective], confs: dict[str, dict]) -> list[str]:
     """Where the Losses table disagrees with the loss options (empty: it agrees)."""
-    rows = losses_table(readme)
+    rows = losses_table(page)
     problems = []
     if set(rows) != set(objectives):
         problems.append(f"rows {sorted(rows)} != conf/loss options {sorted(objectives)}")
@@ -94,46 +92,44 @@ def confs() -> dict[str, dict]:
     return {name: yaml.safe_load((CONF_DIR / "loss" / f"{name}.yaml").read_text()) for name in LOSSES}
 
 
-def test_the_readme_losses_table_matches_the_loss_options(objectives, confs):
-    assert table_problems(README.read_text(encoding="utf-8"), objectives, confs) == []
+def test_the_docs_losses_table_matches_the_loss_options(objectives, confs):
+    assert table_problems(PAGE.read_text(encoding="utf-8"), objectives, confs) == []
 
 
-def _drop_row(readme: str, name: str) -> str:
-    return "".join(line for line in readme.splitlines(keepends=True) if not line.startswith(f"| `{name}`"))
+def _drop_row(page: str, name: str) -> str:
+    return "".join(line for line in page.splitlines(keepends=True) if not line.startswith(f"| `{name}`"))
 
 
-def _in_row(readme: str, name: str, old: str, new: str) -> str:
+def _in_row(page: str, name: str, old: str, new: str) -> str:
     return "".join(
-        line.replace(old, new) if line.startswith(f"| `{name}`") else line for line in readme.splitlines(keepends=True)
+        line.replace(old, new) if line.startswith(f"| `{name}`") else line for line in page.splitlines(keepends=True)
     )
 
 
 MISTAKES = {
-    "a missing row": lambda readme: _drop_row(readme, "hinge"),
-    "a row for no option": lambda readme: "".join(
+    "a missing row": lambda page: _drop_row(page, "hinge"),
+    "a row for no option": lambda page: "".join(
         line + line.replace("| `dpo` (default)", "| `dpox`") if line.startswith("| `dpo` (default)") else line
-        for line in readme.splitlines(keepends=True)
+        for line in page.splitlines(keepends=True)
     ),
-    "a loss wrongly marked reference-free": lambda readme: _in_row(
-        readme, "exo_pair", "| needs |", "| needs; `reference=none` OK |"
+    "a loss wrongly marked reference-free": lambda page: _in_row(
+        page, "exo_pair", "| needs |", "| needs; `reference=none` OK |"
     ),
-    "a reference-free loss marked as needing one": lambda readme: _in_row(
-        readme, "ipo", "needs; `reference=none` OK", "needs"
+    "a reference-free loss marked as needing one": lambda page: _in_row(
+        page, "ipo", "needs; `reference=none` OK", "needs"
     ),
-    "a reference-less loss marked as needing one": lambda readme: _in_row(
-        readme, "orpo", "none (never built)", "needs"
-    ),
-    "a wrong default": lambda readme: _in_row(readme, "discopop", "`loss.tau` 0.05", "`loss.tau` 0.5"),
-    "a missing hyperparameter": lambda readme: _in_row(readme, "aot", ", `loss.paired` true", ""),
-    "beta listed for a loss without it": lambda readme: _in_row(
-        readme, "sft", "| `loss.length_normalized`", "| `beta`, `loss.length_normalized`"
+    "a reference-less loss marked as needing one": lambda page: _in_row(page, "orpo", "none (never built)", "needs"),
+    "a wrong default": lambda page: _in_row(page, "discopop", "`loss.tau` 0.05", "`loss.tau` 0.5"),
+    "a missing hyperparameter": lambda page: _in_row(page, "aot", ", `loss.paired` true", ""),
+    "beta listed for a loss without it": lambda page: _in_row(
+        page, "sft", "| `loss.length_normalized`", "| `beta`, `loss.length_normalized`"
     ),
 }
 
 
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
 def test_the_check_catches(mistake, objectives, confs):
-    readme = README.read_text(encoding="utf-8")
-    wrong = MISTAKES[mistake](readme)
-    assert wrong != readme, f"the mistake {mistake!r} changed nothing: update it to the README"
+    page = PAGE.read_text(encoding="utf-8")
+    wrong = MISTAKES[mistake](page)
+    assert wrong != page, f"the mistake {mistake!r} changed nothing: update it to the page"
     assert table_problems(wrong, objectives, confs)
