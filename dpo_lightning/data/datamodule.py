@@ -43,6 +43,7 @@ from dpo_lightning.data.prepare import (
 from dpo_lightning.data.rankings import RANKING_PAIRS, RANKINGS
 from dpo_lightning.data.sampler import LengthGroupedSampler, ResumableSampler, ShuffledSampler
 from dpo_lightning.data.sources.base import SPLITS, PreferenceSource, is_ranked, row_features
+from dpo_lightning.data.sources.rows import Rows, RowsSource, is_rows
 from dpo_lightning.data.streaming import EqualStepsLoader, StreamingPairs, all_ranks
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizeSettings
 from dpo_lightning.errors import ConfigError, DataError
@@ -50,6 +51,13 @@ from dpo_lightning.errors import ConfigError, DataError
 
 class PreferenceDataModule(L.LightningDataModule):
     """Preference pairs for training and validation.
+
+    `source` is a task's source (`data/sources/`: the Hydra run builds it from `task.source`) or the training
+    rows themselves: a list of dicts or a `datasets.Dataset`, in any of `task=local`'s formats (pairs,
+    conversations, ranked rows; `sources/rows.py`), parsed and checked as its files are. Rows get their validation
+    rows from `val_data`, else a hold-out of `val_size` of them (a fraction in (0, 1) or a count; default 0.05),
+    seeded by `seed`. For rows with other keys, pass `sources.rows.RowsSource(rows, …, prompt_column=…)`.
+    `tokenizer`: the model's (`dpo_lightning.load_tokenizer("tiny")`, or any `PreTrainedTokenizerBase`).
 
     `batch_size` is the global batch in pairs: each device gets
     `batch_size / (world_size × accumulate_grad_batches)` pairs per step, so the optimizer always sees
@@ -65,11 +73,13 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: PreferenceSource,
+        source: PreferenceSource | Rows,
         tokenizer: PreTrainedTokenizerBase,
         *,
         batch_size: int,
         eval_batch_size: int,
+        val_data: Rows | None = None,
+        val_size: float | None = None,
         tokenize: TokenizeSettings = TokenizeSettings(),  # noqa: B008 - frozen: shared safely
         skip_bad_rows: bool = False,
         streaming: bool = False,
@@ -92,7 +102,13 @@ class PreferenceDataModule(L.LightningDataModule):
                 "needs map-style data (a stream's lengths are not known ahead); "
                 "set task.streaming=false or turn it off",
             )
-        self.source = source
+        if isinstance(tokenizer, str):  # loading one by name is the models layer's: data does not import it
+            raise ConfigError(
+                "tokenizer",
+                f"must be a tokenizer object, got the string {tokenizer!r}; load it with "
+                f'dpo_lightning.load_tokenizer({tokenizer!r}) (a model name: "tiny", a hub id or a local folder)',
+            )
+        self.source = as_source(source, val_data, val_size, seed)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -262,6 +278,23 @@ class PreferenceDataModule(L.LightningDataModule):
                     total.merge(counts)
             totals[split] = total.as_dict()
         return totals
+
+
+def as_source(
+    data: PreferenceSource | Rows, val_data: Rows | None = None, val_size: float | None = None, seed: int = 0
+) -> PreferenceSource:
+    """A source for `PreferenceDataModule`: `data` itself if it is one (has `load`), else a `RowsSource` of the
+    rows, validated by `val_data` or a hold-out of `val_size` (default 0.05) seeded by `seed`."""
+    if is_rows(data):
+        return RowsSource(data, val_data, val_size=0.05 if val_size is None else val_size, seed=seed)
+    if not callable(getattr(data, "load", None)):
+        raise ConfigError(
+            "source", f"must be a preference source, a list of dicts or a datasets.Dataset, got {type(data).__name__}"
+        )
+    for key, value in (("val_data", val_data), ("val_size", val_size)):
+        if value is not None:
+            raise ConfigError(key, "applies to rows given in Python; a source brings its own validation split")
+    return data
 
 
 def _collate_rows(rows: list[dict], collate: Collate, example: Callable[[dict], Example]) -> Batch:

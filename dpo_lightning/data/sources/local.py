@@ -47,18 +47,21 @@ def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:end], chosen[end:], rejected[end:]
 
 
-class LocalSource(RowSource):
-    """Rows from local files; see the module docstring for the formats.
+class ColumnSource(RowSource):
+    """Rows in any of the formats of the module docstring, their columns named by the arguments; a subclass reads
+    the raw rows (`raw`) and names them (`origin`). `LocalSource` reads files, `sources.rows.RowsSource` Python rows.
 
-    Validation comes from `val_path` if given, else a seeded hold-out of `val_size` rows (a fraction in (0, 1)
-    or a count) from `path` (map-style only: a stream has no random access, so it needs `val_path`). Rows are
-    triples, or ranked rows when `responses_column` is set; these read `scores_column` or `ranking_column`.
+    Validation is the subclass's own (`has_validation`) or a seeded hold-out of `val_size` rows (a fraction in
+    (0, 1) or a count) of the training rows (map-style only: a stream has no random access). Rows are triples, or
+    ranked rows when `responses_column` is set; these read `scores_column` or `ranking_column`.
     """
+
+    settings = "task.source"  # where the arguments sit in the config: ConfigErrors name `<settings>.<argument>`
+    unit = "file"  # what holds a split's rows, for messages
 
     def __init__(
         self,
-        path: str,
-        val_path: str | None = None,
+        has_validation: bool,
         val_size: float = 0.05,
         prompt_column: str | None = "prompt",
         chosen_column: str = "chosen",
@@ -68,13 +71,9 @@ class LocalSource(RowSource):
         scores_column: str | None = "scores",
         ranking_column: str | None = None,
     ) -> None:
-        self.files = {"train": check_data_file("task.source.path", path)}
-        if val_path is not None:
-            self.files["validation"] = check_data_file("task.source.val_path", val_path)
-        elif not val_size > 0:
-            raise ConfigError(
-                "task.source.val_size", f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}"
-            )
+        self.has_validation = has_validation
+        if not has_validation and not val_size > 0:
+            raise ConfigError(self.key("val_size"), f"must be a fraction in (0, 1) or a row count ≥ 1, got {val_size}")
         self.val_size = val_size
         self.prompt_column, self.chosen_column, self.rejected_column = prompt_column, chosen_column, rejected_column
         self.responses_column, self.scores_column, self.ranking_column = responses_column, scores_column, ranking_column
@@ -85,7 +84,8 @@ class LocalSource(RowSource):
         else:
             if ranking_column is not None:
                 raise ConfigError(
-                    "task.source.ranking_column", "applies to ranked data only: set task.source.responses_column too"
+                    self.key("ranking_column"),
+                    f"applies to ranked data only: set {self.key('responses_column')} too",
                 )
             columns = (prompt_column, chosen_column, rejected_column)
         self.required_columns = tuple(c for c in columns if c is not None)
@@ -93,34 +93,41 @@ class LocalSource(RowSource):
         self.seed = seed
         self._held_out: datasets.DatasetDict | None = None
 
+    def key(self, argument: str) -> str:
+        """The config key of one of the arguments, as ConfigErrors name it."""
+        return f"{self.settings}.{argument}" if self.settings else argument
+
+    def raw(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+        """The raw rows of `split`: "train", or "validation" where the subclass has its own (`has_validation`)."""
+        raise NotImplementedError
+
+    def whole_origin(self) -> str:
+        """What the training rows are named by before a hold-out splits them."""
+        return self.origin("train")
+
     def _check_ranked_columns(self) -> None:
         if self.prompt_column is None:
             raise ConfigError(
-                "task.source.prompt_column", "ranked rows need a prompt column (implicit prompts are for pairs)"
+                self.key("prompt_column"), "ranked rows need a prompt column (implicit prompts are for pairs)"
             )
         if (self.scores_column is None) == (self.ranking_column is None):
-            key = "task.source.ranking_column" if self.ranking_column is not None else "task.source.scores_column"
+            key = self.key("ranking_column") if self.ranking_column is not None else self.key("scores_column")
             raise ConfigError(
                 key,
-                "ranked rows need exactly one of task.source.scores_column and task.source.ranking_column "
+                f"ranked rows need exactly one of {self.key('scores_column')} and {self.key('ranking_column')} "
                 "(null the other)",
             )
 
-    def origin(self, split: str) -> str:
-        if split in self.files:
-            return str(self.files[split])
-        return f"{self.files['train']} (held-out {split} rows)"
-
     def read(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
-        if "validation" in self.files:
-            rows = read_files([self.files[split]], streaming, self.text_columns)
+        if self.has_validation:
+            rows = self.raw(split, streaming)
         elif streaming:
             raise ConfigError(
-                "task.source.val_path", "streaming needs a separate validation file (a stream has no hold-out)"
+                self.key("val_path"), f"streaming needs a separate validation {self.unit} (a stream has no hold-out)"
             )
         else:
             if self._held_out is None:
-                self._held_out = self._hold_out(read_files([self.files["train"]], False, self.text_columns))
+                self._held_out = self._hold_out(self.raw("train", False))
             rows = self._held_out["train" if split == "train" else "test"]
         self.conversational = self._is_conversational(rows)
         return rows
@@ -128,11 +135,11 @@ class LocalSource(RowSource):
     def _hold_out(self, rows: datasets.Dataset) -> datasets.DatasetDict:
         """A seeded split of `rows` into "train" and "test" (validation) parts, both non-empty; each row keeps
         its position in the file (column POSITION), which names it in errors."""
-        self.check_columns(rows, str(self.files["train"]))
+        self.check_columns(rows, self.whole_origin())
         held_out = self.val_size if self.val_size < 1 else int(self.val_size)
         count = math.ceil(held_out * len(rows)) if held_out < 1 else held_out
         if not 1 <= count < len(rows):
-            raise ConfigError("task.source.val_size", f"holds out {count} of {len(rows)} rows; both splits need ≥ 1")
+            raise ConfigError(self.key("val_size"), f"holds out {count} of {len(rows)} rows; both splits need ≥ 1")
         rows = rows.add_column(POSITION, range(len(rows)))
         return rows.train_test_split(test_size=count, seed=self.seed, shuffle=True)
 
@@ -194,6 +201,54 @@ class LocalSource(RowSource):
         if not prompt:
             raise RowProblem("prompt: chosen and rejected share no common prefix (implicit prompt)")
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+class LocalSource(ColumnSource):
+    """Rows from local files; see the module docstring for the formats.
+
+    Validation comes from `val_path` if given, else a seeded hold-out of `val_size` rows (a fraction in (0, 1)
+    or a count) from `path` (map-style only: a stream has no random access, so it needs `val_path`). Rows are
+    triples, or ranked rows when `responses_column` is set; these read `scores_column` or `ranking_column`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        val_path: str | None = None,
+        val_size: float = 0.05,
+        prompt_column: str | None = "prompt",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
+        seed: int = 0,
+        responses_column: str | None = None,
+        scores_column: str | None = "scores",
+        ranking_column: str | None = None,
+    ) -> None:
+        self.files = {"train": check_data_file("task.source.path", path)}
+        if val_path is not None:
+            self.files["validation"] = check_data_file("task.source.val_path", val_path)
+        super().__init__(
+            val_path is not None,
+            val_size,
+            prompt_column,
+            chosen_column,
+            rejected_column,
+            seed,
+            responses_column,
+            scores_column,
+            ranking_column,
+        )
+
+    def origin(self, split: str) -> str:
+        if split in self.files:
+            return str(self.files[split])
+        return f"{self.files['train']} (held-out {split} rows)"
+
+    def whole_origin(self) -> str:
+        return str(self.files["train"])
+
+    def raw(self, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+        return read_files([self.files[split]], streaming, self.text_columns)
 
 
 def _item_feature(feature: object) -> object | None:
