@@ -22,7 +22,7 @@ from dpo_lightning.data.tokenize import TokenizeSettings
 from dpo_lightning.eval.callback import SampleEvaluation
 from dpo_lightning.eval.sampling import ValidationSamples
 from dpo_lightning.instantiate import build, settings
-from dpo_lightning.models.loading import load_tokenizer
+from dpo_lightning.models.loading import check_loadable, load_tokenizer
 from dpo_lightning.models.reference import Precomputed
 from dpo_lightning.models.reference_cache import precompute_reference
 from dpo_lightning.models.sharding import full_state_dict
@@ -130,6 +130,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
         save_resolved_config(cfg, output_dir)
         validate_config(cfg)
         bar = progress_bar(cfg)  # checks the progress_bar key before any model loads
+        check_loadable(cfg.model)  # weights and tokenizer can load (one line if not), before any data is read
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tokenizer = load_tokenizer(cfg.model)
         datamodule = build_datamodule(cfg, tokenizer)

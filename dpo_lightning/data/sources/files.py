@@ -11,7 +11,9 @@ counts it under its reason). A file without such lines is read as it is. Blank l
 
 A `.json` file holding one JSON array and a `.csv` file cannot be read record by record (a CSV record may span
 lines), so malformed JSON or invalid UTF-8 there stops the run with an error naming file and line, skip or not.
-Parquet files are read as they are (Arrow checks UTF-8 when they are written).
+Parquet files are read as they are (Arrow checks UTF-8 when they are written). A file without rows — empty or
+blank lines only, a CSV header alone, a JSON array `[]`, a Parquet file of 0 rows — stops the run with
+`<file>: has no rows`.
 
 A CSV file has no types: its text columns (the source's `text_columns`) are read as their text — "42", "3.10",
 "NA" and "None" stay those strings, where pandas would make them numbers or missing — and only an empty field is
@@ -35,6 +37,7 @@ from typing import Any
 
 import datasets
 import pandas as pd
+import pyarrow.parquet as pq
 from pandas._libs.parsers import STR_NA_VALUES  # the fields pandas reads as missing by default
 
 from dpo_lightning.errors import ConfigError, DataError
@@ -47,16 +50,20 @@ UNREADABLE, UNREADABLE_ERROR = "__unreadable__", "__unreadable_error__"
 # values, which `datasets` would store as JSON and then decode a string that looks like JSON ("42") as a number.
 JSON_ENCODED = "__json_encoded__"
 MALFORMED_JSON, INVALID_UTF8, NOT_AN_OBJECT = "malformed JSON", "invalid UTF-8", "not a JSON object"
+NO_ROWS = "has no rows"  # a data file without a single row: `<file>: has no rows`
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
 
 def check_data_file(key: str, path: str) -> Path:
-    """A local data file that exists and that `datasets` can read, else a ConfigError naming `key`."""
+    """A local data file that exists and that `datasets` can read, else a ConfigError naming `key`; a DataError if
+    it has no rows."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(key, f"file not found: {path}")
     if file.suffix not in BUILDERS:
         raise ConfigError(key, f"unsupported file type {file.suffix!r}; use one of {sorted(BUILDERS)}")
+    if _has_no_rows(file):  # before anything is read or tokenized
+        raise DataError(f"{file}: {NO_ROWS}")
     return file
 
 
@@ -107,19 +114,43 @@ def _version(file: Path) -> tuple[int, int]:
 @functools.cache
 def _readable(file: Path, size: int, mtime_ns: int) -> Path:
     """`file`, or a copy of it with stand-ins for its unreadable JSON lines; `DataError` for a CSV file or a
-    JSON array with an unreadable record."""
+    JSON array with an unreadable record, and for a file without rows (`_has_no_rows`)."""
     if file.suffix == ".csv" or (file.suffix == ".json" and _is_json_array(file)):
         for number, line in _lines(file):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise DataError(f"{file}: line {number}: {INVALID_UTF8} ({_byte_at(line, error)})") from None
-        if file.suffix == ".json":
-            _check_json_document(file)
-        return file
-    if file.suffix in (".jsonl", ".json"):
+        if file.suffix == ".json" and _check_json_document(file) == []:
+            raise DataError(f"{file}: {NO_ROWS}")
+    if _has_no_rows(file):
+        raise DataError(f"{file}: {NO_ROWS}")
+    if file.suffix in (".jsonl", ".json") and not _is_json_array(file):
         return _with_stand_ins(file)
     return file
+
+
+def _has_no_rows(file: Path) -> bool:
+    """Whether a data file holds no rows: nothing but blank lines (also an empty Parquet file), a CSV header
+    alone, a JSON array `[]`, or a Parquet file of 0 rows; found from the start of the file (a Parquet file's
+    footer). A file that cannot be read is left to `datasets`, which says why."""
+    if file.suffix == ".parquet" and file.stat().st_size > 0:
+        try:
+            return pq.ParquetFile(file).metadata.num_rows == 0
+        except Exception:  # not Parquet: `datasets` reports it
+            return False
+    if next(_lines(file), None) is None:  # `datasets` would fail to infer columns (StopIteration) or read none
+        return True
+    if file.suffix == ".csv":
+        try:
+            return pd.read_csv(file, nrows=1).empty
+        except Exception:  # not CSV: `datasets` reports it
+            return False
+    if file.suffix == ".json":
+        with file.open("rb") as handle:
+            head = handle.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
+        return head.startswith(b"[") and head[1:].lstrip().startswith(b"]")
+    return False
 
 
 def _lines(file: Path) -> Iterator[tuple[int, bytes]]:
@@ -217,10 +248,10 @@ def _is_json_document(file: Path) -> bool:
     return True
 
 
-def _check_json_document(file: Path) -> None:
-    """`DataError` naming file and line if a whole-file JSON document (UTF-8, checked) is not JSON."""
+def _check_json_document(file: Path) -> Any:
+    """A whole-file JSON document (UTF-8, checked) parsed; `DataError` naming file and line if it is not JSON."""
     try:
-        json.loads(file.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8"))
+        return json.loads(file.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8"))
     except json.JSONDecodeError as error:
         raise DataError(
             f"{file}: line {error.lineno}: {MALFORMED_JSON} ({error.msg} at column {error.colno})"
