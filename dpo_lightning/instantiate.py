@@ -8,26 +8,55 @@ first (an unknown key, a value of the wrong type), so a mistake names the key in
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from dpo_lightning.errors import ConfigError, DataError
 
 
-def check_fields(schema: type, values: Mapping[str, Any], key: str) -> None:
-    """Check `values` (a node's keys, `_target_` aside) against the dataclass `schema`'s fields and types; a
-    mistake is a ConfigError naming `<key>.<field>`."""
-    values = {k: v for k, v in values.items() if k != "_target_"}
+@functools.cache
+def _structured(schema: type) -> DictConfig:
+    """The init fields of the dataclass `schema` as an OmegaConf structured config; a field whose type OmegaConf
+    cannot check (a tensor, an objective) is typed `Any` there (its class still checks it when built)."""
+    hints = typing.get_type_hints(schema)
+    specs = []
+    for f in dataclasses.fields(schema):
+        if not f.init:
+            continue
+        kind = hints[f.name] if _checkable(hints[f.name]) else Any
+        if f.default_factory is not dataclasses.MISSING:
+            specs.append((f.name, kind, dataclasses.field(default_factory=f.default_factory)))
+        else:
+            default = "???" if f.default is dataclasses.MISSING else f.default
+            specs.append((f.name, kind, dataclasses.field(default=default)))
+    return OmegaConf.structured(dataclasses.make_dataclass(schema.__name__, specs))
+
+
+def _checkable(kind: Any) -> bool:
+    """Whether OmegaConf can check values of type `kind`."""
     try:
-        OmegaConf.merge(OmegaConf.structured(schema), values)
+        OmegaConf.structured(dataclasses.make_dataclass("Probe", [("value", kind, dataclasses.field(default="???"))]))
+    except (OmegaConfBaseException, TypeError, ValueError):  # a type OmegaConf does not support
+        return False
+    return True
+
+
+def check_fields(schema: type, values: Mapping[str, Any], key: str) -> None:
+    """Check `values` (a node's keys, `_target_` aside) against the dataclass `schema`'s init fields and types; a
+    mistake is a ConfigError naming `<key>.<field>`."""
+    values = {k: v for k, v in values.items() if k not in ("_target_", "_convert_", "_partial_", "_recursive_")}
+    try:
+        OmegaConf.merge(_structured(schema), values)
     except (ConfigKeyError, ValidationError) as error:
         field = f"{key}.{error.full_key}" if error.full_key else key
-        fields = ", ".join(f.name for f in dataclasses.fields(schema))
+        fields = ", ".join(f.name for f in dataclasses.fields(schema) if f.init)
         problem = str(error.msg).splitlines()[0]
         if isinstance(error, ConfigKeyError):
             problem = f"is not a key of {schema.__name__} (its keys: {fields})"

@@ -1,5 +1,9 @@
 """Rebuild the tokenizer of `model=tiny` (`dpo_lightning/assets/tiny_tokenizer/`) from the sentiment generator's
-texts: `python scripts/build_tiny_tokenizer.py`. Deterministic: it reproduces the shipped files."""
+texts: `python scripts/build_tiny_tokenizer.py [FOLDER]` (default: the shipped folder). Deterministic: it
+reproduces the shipped files."""
+
+import sys
+from pathlib import Path
 
 from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs
 from dpo_lightning.eval.rewards import VaderReward
@@ -13,5 +17,6 @@ def corpus() -> list[str]:
 
 
 if __name__ == "__main__":
-    build_tiny_tokenizer(corpus()).save_pretrained(TINY_TOKENIZER_DIR)
-    print(f"wrote {TINY_TOKENIZER_DIR}")
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else TINY_TOKENIZER_DIR
+    build_tiny_tokenizer(corpus()).save_pretrained(folder)
+    print(f"wrote {folder}")

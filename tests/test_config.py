@@ -95,7 +95,7 @@ def test_default_config_is_the_offline_demo(tmp_path):
             ["task.tokenize.truncation_mode=middle"],
             "task.tokenize.truncation_mode: must be one of keep_start, keep_end",
         ),
-        (["data.batch_size=0"], "data.batch_size: must be ≥ 1"),
+        (["data.batch_size=0"], "data.batch_size: must be an integer ≥ 1"),
         (["data.layout=rows"], "data.layout: must be one of prefix_shared, packed, padded, got 'rows'"),
         (
             ["data.packing_max_tokens=1"],
@@ -152,7 +152,7 @@ def test_a_bad_loss_hyperparameter_fails_on_the_command_line_in_one_line(tmp_pat
     import sys
 
     command = [sys.executable, "train.py", "loss=cdpo", "loss.label_smoothing=0.7", f"hydra.run.dir={tmp_path}"]
-    result = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: loss.label_smoothing: must be in [0.0, 0.5), got 0.7"
 

@@ -17,17 +17,14 @@ from test_train import ROOT, SMALL
 
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.runtime.console import (
+from dpo_lightning.runtime.console import config_tree, print_config_tree, progress_bar, save_resolved_config
+from dpo_lightning.runtime.secrets import (
     REDACTED,
     RedactHydraOutput,
-    config_tree,
     is_secret_key,
-    print_config_tree,
-    progress_bar,
     redact,
     redact_overrides,
     redact_printed_config,
-    save_resolved_config,
 )
 
 SECRET = "sk-" + "9f3b2c" * 6  # a made-up key

@@ -41,6 +41,7 @@ from dpo_lightning.models.logprobs import sequence_logprobs
 from dpo_lightning.models.sharding import full_state_dict, shard_causal_lm
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 from dpo_lightning.runtime.export import export_policy
+from dpo_lightning.runtime.checks import validate_config
 from dpo_lightning.runtime.trainer import check_trainer_config
 from dpo_lightning.training.module import DPOLitModule
 
@@ -504,7 +505,7 @@ def test_slurm_script_is_valid_bash():
 )
 def test_scale_config_mistakes_fail_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as error:
-        check_trainer_config(_compose(*overrides))
+        validate_config(_compose(*overrides))  # each check is its part's own; validate_config calls them all
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 

@@ -76,10 +76,8 @@ def _plain(node):
 def test_precomputed_gives_the_model_loss_and_holds_no_reference_model(tmp_path):
     cfg, datamodule, trainer = _demo(tmp_path)
     path = precompute_reference(cfg, datamodule, trainer)
-    modules = {
-        name: _module({"name": name, "cache_file": str(path)}, model=_plain(cfg.model))
-        for name in ("model", "precomputed")
-    }
+    strategies = {"model": FrozenCopy(), "precomputed": Precomputed(cache_file=str(path))}
+    modules = {name: _module(strategy, model=_plain(cfg.model)) for name, strategy in strategies.items()}
     for split in ("train", "validation"):
         batch = next(iter(datamodule._loader(split, 8, shuffle=True)))
         losses = {name: module.training_step(batch, 0) for name, module in modules.items()}
@@ -261,7 +259,7 @@ def test_gradients_never_reach_the_reference(strategy, tmp_path):
         (["reference._target_=dpo_lightning.models.reference.Frozen"], "reference._target_: cannot import"),
         (["reference=sync", "reference.alpha=1.5"], "reference.alpha: must be in [0, 1]"),
         (["reference=sync", "reference.every_n_steps=0"], "reference.every_n_steps: must be an integer ≥ 1"),
-        (["reference=sync", "+reference.cache_dir=cache"], "reference.cache_dir: is not a key of reference=sync"),
+        (["reference=sync", "+reference.cache_dir=cache"], "reference.cache_dir: is not a key of PeriodicSync"),
         (["reference.dtype=float8"], "reference.dtype: must be null (the policy's) or one of"),
         (["reference=lora", "reference.lora.r=0"], "reference.lora.r: must be an integer ≥ 1"),
     ],

@@ -19,9 +19,9 @@ from test_wandb import wandb_run_record
 
 from dpo_lightning.cli import frontier
 from dpo_lightning.cli.sweep import collect_jobs, format_table, objective
+from dpo_lightning.conf import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
 # The tiny model on a few pairs, two optimizer steps, validation sampling on 4 prompts (val/reward, val/kl).
 TINY = [
     "task.source.num_train_pairs=32",

@@ -1,8 +1,14 @@
 """The shipped tokenizer of model=tiny: offline, byte-level, reproducible."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from dpo_lightning.models.tiny_tokenizer import TINY_TOKENIZER_DIR, build_tiny_tokenizer, load_tiny_tokenizer
+from dpo_lightning.models.tiny_tokenizer import TINY_TOKENIZER_DIR, load_tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TEXTS = [
     "Café — naïve 東京 🎬",
@@ -51,7 +57,13 @@ def test_merges_compress_reviews(tokenizer):
 
 
 def test_rebuild_reproduces_the_shipped_files(tmp_path):
-    build_tiny_tokenizer().save_pretrained(tmp_path)
+    """`scripts/build_tiny_tokenizer.py` rebuilds exactly the shipped files."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_tiny_tokenizer.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert (tmp_path / name).read_text() == (TINY_TOKENIZER_DIR / name).read_text(), name
 

@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from wandb.proto import wandb_internal_pb2
 
+from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.runtime.wandb_logging import name_sweep_run, previous_run_id, resolve_mode, wandb_logger
 
@@ -130,15 +131,15 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
 
 
 def test_a_sweep_job_joins_its_sweeps_group_and_is_named_by_its_overrides():
-    logger = OmegaConf.load(ROOT / "conf" / "logger" / "wandb.yaml")
+    logger = OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml")
     name_sweep_run(logger, "outputs/multirun/2026-01-02/03-04-05", "beta=0.5,loss=ipo")
     assert (logger.group, logger.name) == ("outputs/multirun/2026-01-02/03-04-05", "beta=0.5,loss=ipo")
-    chosen = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "logger" / "wandb.yaml"), {"group": "g", "name": "n"})
+    chosen = OmegaConf.merge(OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml"), {"group": "g", "name": "n"})
     name_sweep_run(chosen, "outputs/multirun/x", "beta=0.5")
     assert (chosen.group, chosen.name) == ("g", "n")  # set in the config: kept
-    csv_logger = OmegaConf.load(ROOT / "conf" / "logger" / "csv.yaml")
+    csv_logger = OmegaConf.load(CONF_DIR / "logger" / "csv.yaml")
     name_sweep_run(csv_logger, "outputs/multirun/x", "beta=0.5")
-    assert csv_logger == OmegaConf.load(ROOT / "conf" / "logger" / "csv.yaml")  # not W&B: unchanged
+    assert csv_logger == OmegaConf.load(CONF_DIR / "logger" / "csv.yaml")  # not W&B: unchanged
 
 
 def test_a_resumed_run_logs_into_its_earlier_wandb_run(tmp_path):

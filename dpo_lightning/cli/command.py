@@ -19,6 +19,7 @@ from dpo_lightning.cli.checks import check_group_choices, check_task_spelling
 from dpo_lightning.cli.sweep import finish_sweep
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError, DataError, RunError
+from dpo_lightning.runtime.secrets import printed_config_redacted
 
 
 def _fail(error: Exception, status: int = 2) -> None:
@@ -46,7 +47,7 @@ def command(hydra_main: Callable[[], Any]) -> Callable[[], None]:
     """A console entry point around a `hydra.main` function: unknown `group=option` overrides and task keys of
     the flat layout of earlier versions fail in one line before Hydra parses the command line, `resume=` picks
     the run folder (`resume.resume_arguments`), and the config Hydra prints for `--cfg` is redacted
-    (`console.printed_config_redacted`). A multirun ends with status 1 when any of its jobs did not complete
+    (`secrets.printed_config_redacted`). A multirun ends with status 1 when any of its jobs did not complete
     (`sweep.finish_sweep`)."""
 
     def main() -> None:
@@ -61,8 +62,6 @@ def command(hydra_main: Callable[[], Any]) -> Callable[[], None]:
             _fail(error)
         printout = contextlib.nullcontext()
         if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in sys.argv[1:]):
-            from dpo_lightning.runtime.console import printed_config_redacted  # imports Lightning: only when asked
-
             printout = printed_config_redacted(sys.argv[1:])
         try:
             with printout:

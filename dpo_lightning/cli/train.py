@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lightning.cli.command import CONF_DIR, command, one_line_errors
 from dpo_lightning.cli.sweep import run_sweep_job
+from dpo_lightning.runtime.secrets import redact, secret_values
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -19,7 +20,6 @@ from dpo_lightning.cli.sweep import run_sweep_job
 def _train(cfg: DictConfig) -> float | None:
     """Train one run; in a multirun, return the job's objective (`optimized_metric`) and log a failure
     instead of raising it (`sweep.run_sweep_job`), so the other jobs still run."""
-    from dpo_lightning.runtime.console import redact, secret_values
     from dpo_lightning.runtime.run import run  # heavy imports after Hydra has parsed the command line
     from dpo_lightning.runtime.wandb_logging import name_sweep_run
 

@@ -94,14 +94,8 @@ class PreferenceDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_batching(
-            batch_size, eval_batch_size, layout, packing_max_tokens, group_by_length, rankings, ranking_pairs
+            batch_size, eval_batch_size, layout, packing_max_tokens, group_by_length, rankings, ranking_pairs, streaming
         )
-        if group_by_length and streaming:
-            raise ConfigError(
-                "data.group_by_length",
-                "needs map-style data (a stream's lengths are not known ahead); "
-                "set task.streaming=false or turn it off",
-            )
         if isinstance(tokenizer, str):  # loading one by name is the models layer's: data does not import it
             raise ConfigError(
                 "tokenizer",
@@ -334,8 +328,10 @@ def check_batching(
     group_by_length: bool,
     rankings: str,
     ranking_pairs: str,
+    streaming: bool,
 ) -> None:
-    """Checks of the batching settings (the `data` keys); each failure is one ConfigError naming the key."""
+    """Checks of the batching settings (the `data` keys, and how they meet `task.streaming`); each failure is one
+    ConfigError naming the key."""
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ConfigError("data.batch_size", f"must be an integer ≥ 1, got {batch_size!r}")
     if not (isinstance(eval_batch_size, int) and eval_batch_size >= 1):
@@ -350,6 +346,11 @@ def check_batching(
         )
     if not isinstance(group_by_length, bool):
         raise ConfigError("data.group_by_length", f"must be true or false, got {group_by_length!r}")
+    if group_by_length and streaming:
+        raise ConfigError(
+            "data.group_by_length",
+            "needs map-style data (a stream's lengths are not known ahead); set task.streaming=false or turn it off",
+        )
     if rankings not in RANKINGS:
         raise ConfigError("data.rankings", f"must be one of {', '.join(RANKINGS)}, got {rankings!r}")
     if ranking_pairs not in RANKING_PAIRS:

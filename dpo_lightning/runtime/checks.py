@@ -40,6 +40,7 @@ def validate_config(cfg: DictConfig) -> None:
         data.group_by_length,
         data.rankings,
         data.ranking_pairs,
+        cfg.task.streaming,
     )
     settings(ValidationSamples, cfg.samples, "samples")
     check_model_config(cfg.model)

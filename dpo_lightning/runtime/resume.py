@@ -32,7 +32,7 @@ from hydra.errors import OverrideParseException
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.runtime.console import redact_overrides
+from dpo_lightning.runtime.secrets import redact_overrides
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,10 @@ from dpo_lightning.models.reference import Precomputed
 from dpo_lightning.models.reference_cache import precompute_reference
 from dpo_lightning.models.sharding import full_state_dict
 from dpo_lightning.runtime.checks import check_rankings, validate_config
-from dpo_lightning.runtime.console import (
-    print_config_tree,
-    progress_bar,
-    redacted_argv,
-    redacted_config,
-    save_resolved_config,
-)
-from dpo_lightning.runtime.export import export_policy
+from dpo_lightning.runtime.console import print_config_tree, progress_bar, save_resolved_config
+from dpo_lightning.runtime.export import export_policy, write_model_card
 from dpo_lightning.runtime.resume import resume_checkpoint
+from dpo_lightning.runtime.secrets import redacted_argv, redacted_config
 from dpo_lightning.runtime.summary import RunSummary
 from dpo_lightning.runtime.trainer import build_trainer
 from dpo_lightning.training.module import DPOLitModule
@@ -163,6 +158,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
             exported = module.strategy.exported(module.policy)  # reference=lora: merged, or the adapters only
             folder = export_policy(exported, tokenizer, output_dir / "policy", policy_state)
             summary.update(policy=str(folder))
+            with redacted_argv():  # policy/README.md, the model card: its command line with secrets redacted
+                write_model_card(folder, summary.content, datamodule.source)
             _report(summary.content["metrics"], trainer.global_step, output_dir)
     except BaseException as error:
         summary.fail(error)

@@ -23,10 +23,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
+from dpo_lightning.cli.checks import TASK_KEYS, TOKENIZE_KEYS
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.prepare import PairPreparer, RowReport
-from dpo_lightning.data.tokenize import PairTokenizer
+from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.instantiate import build
 from dpo_lightning.models.loading import load_tokenizer
@@ -216,8 +217,10 @@ def config(source: str, train: Path, validation: Path, **task: Any) -> DictConfi
         files = {"path": train, "val_path": validation}
     else:
         files = {"data_files.train": train, "data_files.validation": validation}
-    for key, value in {**files, "max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH, **task}.items():
-        OmegaConf.update(cfg, f"task.{key}", str(value) if isinstance(value, Path) else value)
+    tokenize = {"max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH}
+    for key, value in {**files, **tokenize, **task}.items():
+        group = "" if key in TASK_KEYS else "tokenize." if key in TOKENIZE_KEYS else "source."
+        OmegaConf.update(cfg, f"task.{group}{key}", str(value) if isinstance(value, Path) else value)
     cfg.data.batch_size = cfg.data.eval_batch_size = 64  # streaming: one chunk holds every row
     return cfg
 
@@ -370,7 +373,7 @@ def test_different_texts_that_encode_alike_are_a_bad_row():
         def _encode(self, texts: list[str]) -> list[list[int]]:
             return [[7, 8] for _ in texts]
 
-    pair_tokenizer = EncodesAlike(tokenizer(), max_length=16, max_prompt_length=8, truncation_mode="keep_start")
+    pair_tokenizer = EncodesAlike(tokenizer(), TokenizeSettings(max_length=16, max_prompt_length=8))
     rows = {"row": [0], "prompt": ["Q?"], "chosen": [" yes"], "rejected": [" no"], "problem": [""], "message": [""]}
     prepared = PairPreparer(tokenizer(), pair_tokenizer)(rows)
     assert prepared["problem"] == ["chosen: identical to rejected as tokens"] and prepared["chosen_ids"] == [[]]
@@ -402,7 +405,10 @@ def test_responses_are_never_empty_at_the_smallest_response_budget(streaming, tm
 
 def test_limits_without_room_for_a_response_are_a_config_error(tmp_path):
     train = write(tmp_path / "train.jsonl", [good("local", 0)])
-    with pytest.raises(ConfigError, match=r"^task\.max_prompt_length: must be in \[1, task\.max_length=32\), got 32$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^task\.tokenize\.max_prompt_length: must be in \[1, task\.tokenize\.max_length=32\), got 32$",
+    ):
         prepared(config("local", train, train, max_length=32, max_prompt_length=32))
 
 

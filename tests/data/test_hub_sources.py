@@ -195,7 +195,7 @@ def test_tldr_rows_become_reddit_prompts_and_summaries():
 
 
 def test_tldr_prompts_end_with_the_configured_suffix():
-    suffix = OmegaConf.load(CONF_DIR / "task" / "tldr.yaml").prompt_suffix
+    suffix = OmegaConf.load(CONF_DIR / "task" / "tldr.yaml").tokenize.prompt_suffix
     assert suffix == "\nTL;DR:"
     prompts = [r["prompt"] for split in SPLITS for r in load("tldr", split) if not r["problem"]]
     assert len(prompts) == 6

@@ -205,5 +205,5 @@ def test_conversations_need_a_chat_template(tmp_path):
 
 def test_streaming_needs_a_validation_file(tmp_path):
     path = _write(tmp_path / "pairs.jsonl", ROWS)
-    with pytest.raises(ConfigError, match=r"task\.val_path: streaming needs a separate validation file"):
+    with pytest.raises(ConfigError, match=r"task\.source\.val_path: streaming needs a separate validation file"):
         LocalSource(str(path)).load("validation", streaming=True)

@@ -61,7 +61,9 @@ def test_keep_start_keeps_a_protected_suffix():
         PROMPT,
         chosen,
         [9, EOS],
-        TokenizeSettings(max_length=32, max_prompt_length=16, truncation_mode="keep_start"),
+        max_length=32,
+        max_prompt_length=16,
+        truncation_mode="keep_start",
         protected_suffix=3,
     )
     assert pair.prompt_ids == PROMPT[:13] + PROMPT[-3:] and cut.prompt

@@ -295,12 +295,12 @@ def test_run_option_runs_the_sweep_streams_it_and_plots_what_finished(tmp_path, 
 
 
 @pytest.mark.parametrize("name", ["plain", "with space, comma=and 'quote'"])
-def test_sweep_command_is_train_py_multirun_with_a_parseable_sweep_dir(tmp_path, name):
+def test_sweep_command_is_dpo_train_multirun_with_a_parseable_sweep_dir(tmp_path, name):
     sweep = tmp_path / name
     command = sweep_command(sweep, ["beta=0.1,0.5", "loss=dpo,ipo"])
-    assert command[:3] == [sys.executable, str(ROOT / "train.py"), "-m"] and Path(command[1]).is_file()
-    assert command[3:5] == ["beta=0.1,0.5", "loss=dpo,ipo"]
-    override = OverridesParser.create().parse_override(command[5])
+    assert command[:4] == [sys.executable, "-m", "dpo_lightning.cli.train", "-m"]
+    assert command[4:6] == ["beta=0.1,0.5", "loss=dpo,ipo"]
+    override = OverridesParser.create().parse_override(command[6])
     assert override.key_or_group == "hydra.sweep.dir" and override.value() == str(sweep)
 
 
