@@ -36,12 +36,11 @@ from transformers import AutoModelForCausalLM
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.models.loading import build_model, transformer_blocks
+from dpo_lightning.models.loading import build_model, check_model_config, transformer_blocks
 from dpo_lightning.models.logprobs import sequence_logprobs
 from dpo_lightning.models.sharding import full_state_dict, shard_causal_lm
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 from dpo_lightning.runtime.export import export_policy
-from dpo_lightning.runtime.checks import validate_config
 from dpo_lightning.runtime.trainer import check_trainer_config
 from dpo_lightning.training.module import DPOLitModule
 
@@ -504,8 +503,10 @@ def test_slurm_script_is_valid_bash():
     ],
 )
 def test_scale_config_mistakes_fail_in_one_line(overrides, message):
-    with pytest.raises(ConfigError) as error:
-        validate_config(_compose(*overrides))  # each check is its part's own; validate_config calls them all
+    cfg = _compose(*overrides)
+    with pytest.raises(ConfigError) as error:  # the model's own check, then the trainer's (as validate_config calls)
+        check_model_config(cfg.model)
+        check_trainer_config(cfg)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
