@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from test_config import _compose
 
 from dpo_lightning.instantiate import build
 from dpo_lightning.runtime.export import hub_dataset, write_model_card
-from dpo_lightning.runtime.secrets import redacted_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 SECRET = "hf_NotARealTokenButSecret42"
+ENV_SECRET = "hf_FromTheEnvironment99"
 METRICS = {"val/loss": 0.61234, "val/rewards/accuracies": 0.75, "val/reward": 0.5, "val/kl": 1.25, "train/loss": 9.0}
 
 
@@ -37,7 +38,8 @@ def _write(tmp_path: Path, overrides: list[str], argv: list[str] | None = None, 
         group, _, option = override.partition("=")
         if group in ("loss", "reference"):
             choices[group] = option
-    summary = {"config": redacted_config(cfg), "choices": choices, "metrics": METRICS if metrics is None else metrics}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    summary = {"config": config, "choices": choices, "metrics": METRICS if metrics is None else metrics}
     folder = tmp_path / "policy"
     folder.mkdir(exist_ok=True)
     write_model_card(folder, summary, build(cfg.task.source, "task.source"), argv or ["train.py"])
@@ -91,24 +93,27 @@ def test_local_data_names_no_dataset_and_init_from_is_the_base_model(tmp_path):
     assert f"trained from `{run}`" in body
 
 
-def test_no_secret_reaches_the_card(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_FromTheEnvironment99")
-    argv = [
-        "/somewhere/train.py",
-        f"+hub.token={SECRET}",
-        f"+logger.api_key={SECRET}x",
-        "+note=uses hf_FromTheEnvironment99 inside",
-        "beta=0.2",
-    ]
-    _, body = _write(tmp_path, ["beta=0.2", f"+hub.token={SECRET}"], argv=argv)
+def test_the_command_is_written_as_given_quoted_for_a_shell(tmp_path):
+    """Quoted, so that it can be pasted into a shell."""
+    _, body = _write(tmp_path, [], argv=["/somewhere/train.py", "beta=0.2", "+note=two words", "+hub.token=<redacted>"])
+    assert "```bash\npython train.py beta=0.2 '+note=two words' '+hub.token=<redacted>'\n```" in body
+    _, body = _write(tmp_path, [], argv=["/venv/bin/dpo-train", "beta=0.2"])
+    assert "```bash\ndpo-train beta=0.2\n```" in body
+
+
+def test_no_secret_given_to_the_card_reaches_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ENV_SECRET)
+    argv = ["train.py", f"+hub.token={SECRET}", f"+logger.api_key={SECRET}x", f"+note=uses {ENV_SECRET} inside"]
+    _, body = _write(tmp_path, ["beta=0.2"], argv=[*argv, "beta=0.2"])
     text = (tmp_path / "policy" / "README.md").read_text()
-    assert SECRET not in text and "hf_FromTheEnvironment99" not in text
-    assert "python train.py '+hub.token=<redacted>' '+logger.api_key=<redacted>' " in body
-    assert "beta=0.2" in body
+    assert SECRET not in text and ENV_SECRET not in text
+    redacted = "python train.py '+hub.token=<redacted>' '+logger.api_key=<redacted>' '+note=uses <redacted> inside'"
+    assert f"{redacted} beta=0.2\n" in body
 
 
 def test_a_real_run_exports_its_model_card(tmp_path):
-    """One short run of the default offline demo (~20 s): policy/README.md next to the weights."""
+    """One short run of the default offline demo (~20 s): policy/README.md next to the weights, no secret given on
+    the command line in it."""
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -118,10 +123,11 @@ def test_a_real_run_exports_its_model_card(tmp_path):
         "task.source.num_val_pairs=8",
         "samples.num_prompts=0",
         "trainer.enable_progress_bar=false",
-        f"+hub.token={SECRET}",
+        f"+hub.token={SECRET}",  # a secret-looking key: its value is redacted
+        f"+note={ENV_SECRET}",  # the value of a secret environment variable: redacted wherever it appears
         f"hydra.run.dir={run_dir}",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "HF_TOKEN": ENV_SECRET}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -133,9 +139,9 @@ def test_a_real_run_exports_its_model_card(tmp_path):
     }
     assert f"| `val/loss` | {summary['metrics']['val/loss']:.4f} |" in body
     assert "- Objective: `dpo` (`dpo_lightning.losses.dpo.DPO`), β = 0.1" in body
-    assert "trainer.max_steps=2" in body and "'+hub.token=<redacted>'" in body
+    assert "trainer.max_steps=2" in body and "'+hub.token=<redacted>'" in body and "'+note=<redacted>'" in body
     texts = [path for path in (run_dir / "policy").iterdir() if path.suffix != ".safetensors"]
-    assert not any(SECRET in path.read_text() for path in texts)
+    assert not any(secret in path.read_text() for path in texts for secret in (SECRET, ENV_SECRET))
 
 
 @pytest.mark.parametrize("reference", ["model", "none"])

@@ -14,6 +14,7 @@ import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpo_lightning.data.sources.base import HubSource
+from dpo_lightning.runtime.secrets import redact_overrides
 
 # The final metrics a model card lists (those the run has), in this order.
 CARD_METRICS: tuple[str, ...] = ("val/loss", "val/rewards/accuracies", "val/reward", "val/kl")
@@ -63,9 +64,8 @@ def write_model_card(
         summary: the run summary's content: its `config` (redacted, as the summary holds it), `choices` and
             `metrics`.
         source: the task's source (`task.source`): its hub dataset id, if it read one, goes into `datasets`.
-        argv: the command line, secrets redacted; None: `sys.argv`, for a call inside `secrets.redacted_argv()`
-            (as the run makes it), which redacts secret-looking `key=value` overrides and the values of secret
-            environment variables.
+        argv: the command line; None: `sys.argv` (the run calls this inside `redacted_argv()`). Secret-looking
+            `key=value` overrides and the values of secret environment variables are redacted (again) here.
     """
     dataset = hub_dataset(source)
     config = summary.get("config") or {}
@@ -126,7 +126,7 @@ def _number(value: Any) -> str:
 
 
 def _command(argv: Sequence[str]) -> str:
-    """The command line quoted for a shell: `python train.py …` (or `dpo-train …`)."""
+    """The command line, redacted and quoted for a shell: `python train.py …` (or `dpo-train …`)."""
     program = Path(argv[0]).name if argv else "dpo-train"
     program = f"python {program}" if program.endswith(".py") else program
-    return " ".join([program, *(shlex.quote(argument) for argument in argv[1:])])
+    return " ".join([program, *(shlex.quote(argument) for argument in redact_overrides(argv[1:]))])
