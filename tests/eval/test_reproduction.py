@@ -47,7 +47,7 @@ def test_quick_reproduction_runs_every_stage_and_plots_every_method(tmp_path):
     for summary in summaries:  # every second-stage run starts from the SFT model, on the generated pairs
         assert summary["status"] == "completed"
         assert summary["config"]["model"]["init_from"] == str(tmp_path / "sft")
-        assert summary["config"]["task"]["path"] == str(tmp_path / "pairs" / "train.parquet")
+        assert summary["config"]["task"]["source"]["path"] == str(tmp_path / "pairs" / "train.parquet")
 
     with (tmp_path / "frontier.csv").open() as file:
         points = [row for row in csv.DictReader(file) if row["reward"]]
