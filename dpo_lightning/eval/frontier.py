@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -281,5 +282,6 @@ def hydra_value(path: Path) -> str:
     return "'" + text.replace("'", "\\'") + "'"
 
 
-if __name__ == "__main__":
-    raise SystemExit("error: the frontier command is now: python -m dpo_lightning.cli.frontier")
+if __name__ == "__main__":  # the command of earlier versions
+    print("error: the frontier command is now: python -m dpo_lightning.cli.frontier", file=sys.stderr)
+    sys.exit(2)

@@ -238,5 +238,6 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return provenance
 
 
-if __name__ == "__main__":
-    raise SystemExit("error: the pairs command is now: python -m dpo_lightning.cli.pairs")
+if __name__ == "__main__":  # the command of earlier versions
+    print("error: the pairs command is now: python -m dpo_lightning.cli.pairs", file=sys.stderr)
+    sys.exit(2)

@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -256,5 +257,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-if __name__ == "__main__":
-    raise SystemExit("error: the winrate command is now: python -m dpo_lightning.cli.winrate")
+if __name__ == "__main__":  # the command of earlier versions
+    print("error: the winrate command is now: python -m dpo_lightning.cli.winrate", file=sys.stderr)
+    sys.exit(2)

@@ -13,6 +13,7 @@ appends EOS to every response itself.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -69,3 +70,8 @@ def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 2048) -> PreTr
 def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """The shipped tokenizer, read from `TINY_TOKENIZER_DIR` (no network)."""
     return PreTrainedTokenizerFast.from_pretrained(TINY_TOKENIZER_DIR)
+
+
+if __name__ == "__main__":  # the rebuild command of earlier versions
+    print("error: the tiny tokenizer is rebuilt by: python scripts/build_tiny_tokenizer.py", file=sys.stderr)
+    sys.exit(2)
