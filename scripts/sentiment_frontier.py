@@ -12,7 +12,7 @@ Every step is an ordinary command of the project (printed before it runs); a ste
 exists is skipped, so an interrupted reproduction continues where it stopped. `--quick` is the reduced
 version the tests run: fewer pairs, prompts and steps. Its frontier (β 0.1 and 1) is committed as
 `scripts/sentiment-frontier-quick.csv`, and `tests/eval/test_reproduction.py` fails when today's code gives other
-numbers: then the full reproduction's committed figures (README, docs/sentiment-frontier.*) are stale too.
+numbers: then the full reproduction's committed figures (docs/evaluation.md, docs/sentiment-frontier.*) are stale too.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ rejected y_l (r):
     padded          2 rows per pair: [x y_w] and [x y_l], right-padded      2-D mask [R, T]; the reference
     prefix_shared   1 row per pair:  [x y_w y_l]                            4-D mask [R, 1, T, T]
     packed          several pairs a row: [x y_w y_l][x' y_w' y_l']…         4-D mask, block-diagonal per pair;
-                                                                            the default (fastest: README)
+                                                                            the default (fastest: docs/scale.md)
 
 In the 4-D-mask layouts a pair's prompt is computed once for both responses: y_l's tokens see x and earlier
 y_l tokens, never y_w's, and their positions restart where y_w's started (x: 0..p−1, y_w: p..p+c−1, y_l:
