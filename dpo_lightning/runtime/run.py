@@ -121,11 +121,11 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
     summary.update(choices=choices or {})
     trainer: L.Trainer | None = None
     try:
-        print_config_tree(cfg)
         save_resolved_config(cfg, output_dir)
         validate_config(cfg)
         bar = progress_bar(cfg)  # checks the progress_bar key before any model loads
         check_loadable(cfg.model)  # weights and tokenizer can load (one line if not), before any data is read
+        print_config_tree(cfg)  # a config that cannot run prints its one error line only
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tokenizer = load_tokenizer(cfg.model)
         datamodule = build_datamodule(cfg, tokenizer)
