@@ -168,6 +168,16 @@ def check_pairs_config(cfg: DictConfig) -> None:
         init_from_folder(cfg.policy)
     except ConfigError as error:  # named by the key the user set, not model.init_from
         raise ConfigError("policy", str(error).removeprefix(f"{error.key}: ")) from None
+    sampling_settings(cfg)
+    settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize")
+
+
+def sampling_settings(cfg: DictConfig) -> SamplingSettings:
+    """The `sampling` settings; a mistake is named by this command's key (`sampling.*`, not the run's `samples.*`)."""
+    try:
+        return settings(SamplingSettings, cfg.sampling, "sampling")
+    except ConfigError as error:
+        raise ConfigError(error.key.replace("samples.", "sampling.", 1), str(error).split(": ", 1)[1]) from None
 
 
 def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -182,7 +192,7 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device.replace("auto", "cpu")
     )
     model = build_model(model_config).to(device)
-    sampling = settings(SamplingSettings, cfg.sampling, "sampling")
+    sampling = sampling_settings(cfg)
     encode = PairTokenizer(tokenizer, settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize"))
     provenance: dict[str, Any] = {
         "policy": str(init_from_folder(cfg.policy).resolve()),
