@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import FIXTURES, compose
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from dpo_lightning.cli.checks import TASK_KEYS, TOKENIZE_KEYS
-from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.prepare import PairPreparer, RowReport
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings
@@ -33,7 +32,6 @@ from dpo_lightning.instantiate import build
 from dpo_lightning.models.loading import load_tokenizer
 from dpo_lightning.runtime.run import build_datamodule
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
 MAX_LENGTH, MAX_PROMPT_LENGTH = 96, 64  # a cut response keeps 96 − 64 = 32 tokens
 LONG = "la " * 50  # 100 tokens: two answers that differ only after it are cut to the same 32 tokens
 LONG_PROMPT = "Why " * 80 + "?"  # 162 tokens: longer than max_length itself
@@ -199,8 +197,7 @@ def write(path: Path, lines: list[Row | bytes]) -> Path:
 
 @functools.cache
 def _composed(task: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"task={task}"])
+    return compose(f"task={task}")
 
 
 @functools.cache
@@ -458,11 +455,7 @@ def test_a_held_out_row_is_named_by_its_place_in_the_file(tmp_path):
 
 @MODES
 def test_generated_sentiment_pairs_have_no_bad_rows(streaming):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=["task.source.num_train_pairs=48", "task.source.num_val_pairs=16", f"task.streaming={streaming}"],
-        )
+    cfg = compose("task.source.num_train_pairs=48", "task.source.num_val_pairs=16", f"task.streaming={streaming}")
     cfg.data.batch_size = cfg.data.eval_batch_size = 64
     report = prepared(cfg).report()
     for split, rows in (("train", 48), ("validation", 16)):

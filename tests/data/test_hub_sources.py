@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import huggingface_hub
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import FIXTURES, compose, write_jsonl
 from omegaconf import OmegaConf
 
 from dpo_lightning.conf import CONF_DIR
@@ -22,7 +22,6 @@ from dpo_lightning.data.validate import triple_problem
 from dpo_lightning.errors import ConfigError, DataError, RowProblem
 from dpo_lightning.instantiate import build
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
 SOURCES = {"hh": HHSource, "tldr": TLDRSource, "shp": SHPSource, "ultrafeedback": UltraFeedbackSource}
 SPLITS = ("train", "validation")
 
@@ -396,7 +395,7 @@ def test_a_missing_required_column_names_the_file_and_column(task, streaming, tm
     column = SOURCES[task].required_columns[-1]
     path = tmp_path / f"{task}-without-{column}.jsonl"
     rows = [{k: v for k, v in row.items() if k != column} for row in raw_rows(task, "train")]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(path, rows)
     broken = SOURCES[task](path=task, splits={"train": "train"}, data_files={"train": str(path)})
     with pytest.raises(DataError, match=rf"{path.name}.*missing column.*{column}"):
         list(broken.load("train", streaming=streaming))
@@ -408,8 +407,7 @@ EXPECTED_KEYS = {"_target_", "path", "subset", "data_dir", "revision", "splits",
 @pytest.mark.parametrize("task", SOURCES)
 def test_task_configs_compose_and_instantiate_on_the_fixtures(task):
     overrides = [f"task={task}", *(f"task.source.data_files.{split}={fixture(task, split)}" for split in SPLITS)]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose(*overrides)
     options = OmegaConf.to_container(cfg.task.source, resolve=True)
     assert set(options) == EXPECTED_KEYS | ({"min_score_ratio", "group_by_post"} if task == "shp" else set())
     assert set(options["splits"]) == set(options["data_files"]) == set(SPLITS)

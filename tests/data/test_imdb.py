@@ -8,28 +8,26 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import FIXTURES, compose, write_jsonl
 
-from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.sources.imdb import IMDbPrompts
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.instantiate import build
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "imdb"
+IMDB = FIXTURES / "imdb"
 SPLITS = ("train", "validation")
 
 
 def imdb_source(*overrides: str, files: dict[str, Path] | None = None) -> IMDbPrompts:
     """The source of the composed `task=imdb` (as the pairs command builds it), reading local files."""
-    files = files or {split: FIXTURES / f"{split}.jsonl" for split in SPLITS}
+    files = files or {split: IMDB / f"{split}.jsonl" for split in SPLITS}
     data_files = [f"task.source.data_files.{split}={file}" for split, file in files.items()]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("pairs", overrides=["policy=unused", "task=imdb", *data_files, *overrides])
+    cfg = compose("policy=unused", "task=imdb", *data_files, *overrides, config="pairs")
     return build(cfg.task.source, "task.source")
 
 
 def reviews(split: str) -> list[str]:
-    lines = (FIXTURES / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (IMDB / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["text"] for line in lines]
 
 
@@ -99,8 +97,8 @@ def test_load_refuses_and_points_to_the_pairs_command():
 def test_a_bad_review_names_file_row_and_field(text, problem, tmp_path):
     bad = tmp_path / "reviews.jsonl"
     rows = [{"text": "A fine film, all told.", "label": 1}, {"text": text, "label": 0}]
-    bad.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    source = imdb_source(files={"train": bad, "validation": FIXTURES / "validation.jsonl"})
+    write_jsonl(bad, rows)
+    source = imdb_source(files={"train": bad, "validation": IMDB / "validation.jsonl"})
     prompts = source.prompts("train")
     assert next(prompts).split()[0] == "A"  # the good row before the bad one still comes out
     with pytest.raises(DataError) as error:

@@ -1,11 +1,11 @@
 """task=local: formats, column names, hold-out, and bad input named by file, row and field."""
 
 import csv
-import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_jsonl
 
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.sources.local import LocalSource, split_common_prefix
@@ -18,7 +18,7 @@ ROWS = [{"prompt": f"Question {i}?", "chosen": f" good answer {i}", "rejected": 
 
 def _write(path, rows):
     if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_jsonl(path, rows)
     elif path.suffix == ".parquet":
         pq.write_table(pa.Table.from_pylist(rows), path)
     else:

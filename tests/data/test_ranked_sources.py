@@ -9,7 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import FIXTURES, compose
 from omegaconf import OmegaConf
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -29,7 +29,6 @@ from dpo_lightning.instantiate import build
 
 LABELLER = VaderReward()  # what labels task=sentiment's pairs
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
 SPLITS = ("train", "validation")
 MODES = pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
 SAME_SCORES = "every response has the same score, so the ranking states no preference"
@@ -531,8 +530,7 @@ def test_ultrafeedback_missing_column_names_the_file(tmp_path, streaming):
 
 def test_ultrafeedback_ranked_config_composes_and_reads_the_fixtures():
     files = [f"task.source.data_files.{split}={FIXTURES / 'ultrafeedback_raw' / f'{split}.jsonl'}" for split in SPLITS]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["task=ultrafeedback_ranked", *files])
+    cfg = compose("task=ultrafeedback_ranked", *files)
     built = build(cfg.task.source, "task.source")
     assert type(built) is UltraFeedbackRankedSource and built.score == "mean_rating"
     for split in SPLITS:
@@ -615,11 +613,7 @@ def test_sentiment_an_unreachable_margin_fails_instead_of_hanging():
 
 
 def test_sentiment_config_keeps_pairs_by_default():
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=["task=sentiment", "task.source.responses_per_prompt=3", "task.source.num_train_pairs=4"],
-        )
+    cfg = compose("task=sentiment", "task.source.responses_per_prompt=3", "task.source.num_train_pairs=4")
     built = build(cfg.task.source, "task.source", num_val_pairs=2)
     assert is_ranked(built) and len(built.load("validation")[0]["responses"]) == 3
     assert OmegaConf.load(CONF_DIR / "task" / "sentiment.yaml").source.responses_per_prompt is None

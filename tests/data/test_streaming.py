@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import write_jsonl
 
 from dpo_lightning.data.collate import collate_padded, placeholder_batch
 from dpo_lightning.data.datamodule import PreferenceDataModule
@@ -25,7 +26,7 @@ def _write_rows(path, count=NUM_ROWS, bad=()):
     rows = [{"prompt": f"Question {i}?", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(count)]
     for index in bad:
         rows[index]["chosen"] = ""
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(path, rows)
     return path
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import write_jsonl
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -207,7 +208,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
             writer.writeheader()
             writer.writerows(rows)
     else:
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_jsonl(path, rows)
     return path
 
 
@@ -290,7 +291,7 @@ def test_a_json_lines_column_mixing_strings_and_numbers_keeps_each_value_as_writ
         {"prompt": 7, "chosen": "a", "rejected": "b"},
         {"prompt": "hello", "chosen": "3.10", "rejected": None},
     ]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_jsonl(path, lines)
     loaded = [dict(row) for row in LocalSource(str(path), val_path=str(path)).load("train", streaming=streaming)]
     assert [(row["prompt"], row["chosen"], row["rejected"]) for row in loaded] == [("42", "true", "[1]"), (None,) * 3,
                                                                                    (None,) * 3]  # fmt: skip

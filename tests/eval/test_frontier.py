@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from dpo_lightning.eval.frontier import (
     write_frontier,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 TARGETS = {
     "dpo": "dpo_lightning.losses.dpo.DPO",
     "ipo": "dpo_lightning.losses.ipo.IPO",
@@ -230,20 +228,15 @@ def test_command_line_prints_the_table_sorted_and_lists_skipped_runs(sweep, tmp_
     assert not (root / "frontier.csv").exists()
 
 
-def test_empty_sweep_folder_is_a_one_line_error_with_status_2(tmp_path):
+def test_empty_sweep_folder_is_a_one_line_error_with_status_2(tmp_path, capsys):
+    """The command's entry point, called in-process."""
     empty = tmp_path / "empty sweep"
     empty.mkdir()
     (empty / "0").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "dpo_lightning.cli.frontier", str(empty)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("error: ") and str(empty) in result.stderr
+    assert main([str(empty)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert stderr.startswith("error: ") and str(empty) in stderr
     with pytest.raises(DataError, match="no runs"):
         collect_points(empty, per_validation=False)
 

@@ -2,69 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import math
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from helpers import JUDGE_KEY, JUDGE_KEY_ENV, FakeChatServer, reference_logits, save_tiny_classifier, softmax_column
 
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.eval.classifier import ClassifierScorer
 from dpo_lightning.eval.judges import LLMJudge, RewardModelJudge, Verdict, parse_final_answer
-from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
-LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 TEXTS = ["a fine film", "dull, slow and far too long for what it has to say", "ok", "the best movie of the year!"]
-SECRET = "sk-test-Q7xSECRETkey"  # a stand-in API key that must never be written anywhere
-KEY_ENV = "DPO_LIGHTNING_TEST_JUDGE_KEY"
-
-
-def save_tiny_classifier(path: Path, id2label: dict[int, str] | None = None, seed: int = 0) -> Path:
-    """A tiny random Llama sequence classifier (num_labels = len(id2label)) and the tiny tokenizer, in `path`."""
-    id2label = LABELS if id2label is None else id2label
-    config = LlamaConfig(
-        vocab_size=1024,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-        initializer_range=0.1,
-        id2label=id2label,
-        label2id={label: i for i, label in id2label.items()},
-    )
-    torch.manual_seed(seed)
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    load_tiny_tokenizer().save_pretrained(path)
-    return path
-
-
-def reference_logits(path: Path, texts: list[str], max_length: int | None = None, keep: str = "start") -> torch.Tensor:
-    """Each text's logits, one unpadded text at a time in float64 (no scorer code): [len(texts), num_labels]."""
-    tokenizer = load_tiny_tokenizer()
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval().double()
-    rows = []
-    for text in texts:
-        ids = tokenizer(text)["input_ids"]
-        if max_length is not None:
-            ids = ids[:max_length] if keep == "start" else ids[-max_length:]
-        with torch.no_grad():
-            rows.append(model(input_ids=torch.tensor([ids])).logits[0])
-    return torch.stack(rows)
-
-
-def softmax_column(logits: torch.Tensor, column: int) -> list[float]:
-    """exp(l_column) / Σ_j exp(l_j), written out."""
-    return [math.exp(row[column]) / sum(math.exp(v) for v in row) for row in logits.tolist()]
 
 
 @pytest.fixture(scope="module")
@@ -147,78 +95,8 @@ def test_reward_model_verdicts_follow_the_scores(classifier_dir):
 # LLMJudge against a fake OpenAI-compatible server
 
 
-def _between(text: str, start: str, end: str) -> str:
-    return text.split(start, 1)[1].split(end, 1)[0]
-
-
-class FakeChatServer:
-    """`POST /v1/chat/completions` on 127.0.0.1. Each request takes the next of `modes` (then `default`):
-
-    answer: "A" or "B", whichever response holds the word GOOD; garbage: no final A/B; 500: an error whose body
-    echoes the Authorization header; notjson: HTML; slow: the answer after 1 s. Records every request.
-    """
-
-    def __init__(self, default: str = "answer", modes: list[str] | None = None) -> None:
-        self.default, self.modes = default, list(modes or [])
-        self.requests: list[dict] = []
-        self.good_position: dict[str, str] = {}  # prompt → where GOOD was shown: A or B
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    fake.requests.append(
-                        {"path": self.path, "authorization": self.headers.get("Authorization"), **body}
-                    )
-                    mode = fake.modes.pop(0) if fake.modes else fake.default
-                content = body["messages"][0]["content"]
-                if mode == "500":
-                    return self._send(500, f"server error; you sent {self.headers.get('Authorization')}", "text/plain")
-                if mode == "notjson":
-                    return self._send(200, "<html>not json</html>", "text/html")
-                if mode == "slow":
-                    time.sleep(1.0)
-                answer = "Both are fine, really."
-                if mode != "garbage":
-                    prompt = _between(content, "Query: ", "\n\nResponse A:")
-                    a = _between(content, "Response A:\n", "\n\nResponse B:")
-                    b = _between(content, "Response B:\n", "\n\nFIRST")
-                    letter = "A" if "GOOD" in a else "B"
-                    assert ("GOOD" in a) != ("GOOD" in b)
-                    with fake.lock:
-                        fake.good_position[prompt] = letter
-                    answer = f"Comparison: Response {letter} is clearly better.\nMore helpful: {letter}"
-                reply = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
-                self._send(200, json.dumps(reply), "application/json")
-
-            def _send(self, status: int, text: str, content_type: str) -> None:
-                data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.handle_error = lambda *args: None  # a client that timed out closed its socket: fine
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> FakeChatServer:
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _llm_judge(url: str, **options) -> LLMJudge:
-    options = {"model": "judge-model", "api_key_env": KEY_ENV, "retry_backoff_s": 0.0, **options}
+    options = {"model": "judge-model", "api_key_env": JUDGE_KEY_ENV, "retry_backoff_s": 0.0, **options}
     return LLMJudge(url, **options)
 
 
@@ -233,7 +111,7 @@ def _good_first_or_second(count: int) -> tuple[list[str], list[str], list[str], 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_llm_answers_are_mapped_back_through_the_random_order(concurrency, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setenv(JUDGE_KEY_ENV, JUDGE_KEY)
     prompts, firsts, seconds, truth = _good_first_or_second(24)
     with FakeChatServer() as server:
         verdicts = _llm_judge(server.url, concurrency=concurrency, seed=3).compare_many(prompts, firsts, seconds)
@@ -245,7 +123,7 @@ def test_llm_answers_are_mapped_back_through_the_random_order(concurrency, monke
     request = server.requests[0]
     assert request["path"] == "/v1/chat/completions"
     assert (request["model"], request["temperature"]) == ("judge-model", 0)
-    assert request["authorization"] == f"Bearer {SECRET}"
+    assert request["authorization"] == f"Bearer {JUDGE_KEY}"
     assert "FIRST provide a one-sentence comparison" in request["messages"][0]["content"]
 
 
@@ -276,7 +154,7 @@ def test_the_order_is_seeded_and_the_same_one_at_a_time(monkeypatch):
     ],
 )
 def test_failures_are_verdicts_with_reasons(mode, reason, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setenv(JUDGE_KEY_ENV, JUDGE_KEY)
     prompts, firsts, seconds, truth = _good_first_or_second(3)
     with FakeChatServer(modes=["answer", mode, "answer"]) as server:
         verdicts = _llm_judge(server.url, timeout_s=0.2, max_retries=0, concurrency=1).compare_many(
@@ -303,18 +181,18 @@ def test_retryable_failures_are_retried(monkeypatch):
 
 
 def test_the_key_is_sent_but_never_shown(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setenv(JUDGE_KEY_ENV, JUDGE_KEY)
     with FakeChatServer(default="500") as server:
         judge = _llm_judge(server.url, max_retries=0)
         verdict = judge.compare("q", "a GOOD", "b")
-    assert server.requests[0]["authorization"] == f"Bearer {SECRET}"
+    assert server.requests[0]["authorization"] == f"Bearer {JUDGE_KEY}"
     assert verdict == Verdict("failed", "HTTP 500")
-    assert SECRET not in repr(judge) and SECRET not in str(verdict)
-    assert judge.redact(f"body: Bearer {SECRET}") == "body: Bearer ***"
+    assert JUDGE_KEY not in repr(judge) and JUDGE_KEY not in str(verdict)
+    assert judge.redact(f"body: Bearer {JUDGE_KEY}") == "body: Bearer ***"
 
 
 def test_an_unset_key_variable_sends_no_header(monkeypatch):
-    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(JUDGE_KEY_ENV, raising=False)
     with FakeChatServer() as server:
         assert _llm_judge(server.url).compare("q", "GOOD", "meh") == Verdict("first")
         assert _llm_judge(server.url, api_key_env=None).compare("q", "GOOD", "meh") == Verdict("first")
@@ -323,9 +201,9 @@ def test_an_unset_key_variable_sends_no_header(monkeypatch):
 
 def test_a_key_pasted_as_the_variable_name_is_refused_without_echoing_it():
     with pytest.raises(ConfigError) as error:
-        LLMJudge("http://localhost:1/v1", "m", api_key_env=SECRET)
+        LLMJudge("http://localhost:1/v1", "m", api_key_env=JUDGE_KEY)
     assert str(error.value).startswith("judge.api_key_env: must name an environment variable")
-    assert SECRET not in str(error.value)
+    assert JUDGE_KEY not in str(error.value)
 
 
 @pytest.mark.parametrize("template", ["Judge {prompt}: {response_a}", "{prompt} {response_a} {response_b} {extra}"])

@@ -4,7 +4,6 @@ policy (pairs = argmax/argmin of VADER rescoring, provenance, readable by task=l
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -13,10 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
-from test_train import ROOT
+from helpers import ROOT, compose, offline_env, run_in_process, write_jsonl
+from omegaconf import OmegaConf
 
+from dpo_lightning.cli import pairs as pairs_command
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs
@@ -46,20 +45,10 @@ TINY = [
 TRIPLE = ("prompt", "chosen", "rejected")
 
 
-def compose_config(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
-
-
 def pairs(*overrides: str, run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m dpo_lightning.cli.pairs <overrides> hydra.run.dir=<run_dir>`, offline."""
     command = [sys.executable, "-m", "dpo_lightning.cli.pairs", *overrides, f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return subprocess.run(command, cwd=ROOT, env=offline_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -69,7 +58,7 @@ def read_rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> tuple[Path, str]:
     """A tiny random-init policy saved as a model folder, and the fingerprint of the weights that were saved."""
-    model_config = OmegaConf.to_container(compose_config("pairs", "policy=unused").model, resolve=True)
+    model_config = OmegaConf.to_container(compose("policy=unused", config="pairs").model, resolve=True)
     model = build_model(model_config)
     folder = export_policy(model, load_tokenizer(model_config), tmp_path_factory.mktemp("policy"))
     return folder, weights_fingerprint(model)
@@ -107,7 +96,8 @@ def test_best_and_worst(scores, min_margin, expected):
 
 
 def test_task_prompts_of_the_sentiment_task_are_its_prompts_in_data_order():
-    cfg = compose_config("pairs", "policy=unused", *(f"task.source.{key}={value}" for key, value in SENTIMENT.items()))
+    sentiment = (f"task.source.{key}={value}" for key, value in SENTIMENT.items())
+    cfg = compose("policy=unused", *sentiment, config="pairs")
     source = build(cfg.task.source, "task.source")
     total = SENTIMENT["num_train_pairs"] + SENTIMENT["num_val_pairs"]
     rows = generate_sentiment_pairs(total, SENTIMENT["seed"], SENTIMENT["min_margin"], labeller=LABELLER)
@@ -189,7 +179,7 @@ def test_pairs_are_the_best_and_worst_of_rescored_samples(generated):
 def test_provenance_names_policy_weights_settings_and_is_in_each_file(generated, policy):
     folder, saved_fingerprint = policy
     provenance = json.loads((generated / "provenance.json").read_text())
-    model_config = OmegaConf.to_container(compose_config("pairs", "policy=unused").model, resolve=True)
+    model_config = OmegaConf.to_container(compose("policy=unused", config="pairs").model, resolve=True)
     loaded = build_model({**model_config, "init_from": str(folder)})
     assert provenance["policy_weights"] == weights_fingerprint(loaded) == saved_fingerprint
     assert provenance["policy"] == str(folder.resolve())
@@ -207,9 +197,7 @@ def test_provenance_names_policy_weights_settings_and_is_in_each_file(generated,
 
 def test_task_local_reads_the_pairs(generated):
     files = {split: generated / f"{split}.parquet" for split in SPLITS}
-    cfg = compose_config(
-        "config", "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}"
-    )
+    cfg = compose("task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}")
     source = build(cfg.task.source, "task.source")
     for split in SPLITS:
         loaded = source.load(split).to_list()
@@ -221,8 +209,8 @@ def test_task_local_reads_the_pairs(generated):
 def test_task_local_reads_the_samples_as_rankings(generated):
     """The same files as ranked data: every prompt's K scored samples (`task.source.responses_column=responses`)."""
     files = {split: generated / f"{split}.parquet" for split in SPLITS}
-    cfg = compose_config(
-        "config", "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}",
+    cfg = compose(
+        "task=local", f"task.source.path={files['train']}", f"task.source.val_path={files['validation']}",
         "task.source.responses_column=responses",
     )  # fmt: skip
     source = build(cfg.task.source, "task.source")
@@ -264,6 +252,7 @@ def test_the_same_seed_gives_the_same_pairs(generated, policy, tmp_path):
     ],
 )
 def test_config_mistakes_exit_2_with_one_line(overrides, message, policy, tmp_path):
+    """The command's entry point called in-process with each mistake on its command line."""
     empty = tmp_path / "empty"
     empty.mkdir()
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": " c", "rejected": " r"}] * 3)
@@ -271,7 +260,8 @@ def test_config_mistakes_exit_2_with_one_line(overrides, message, policy, tmp_pa
     for name, value in names.items():
         overrides = [o.replace(name, value) for o in overrides]
         message = message.replace(name, value)
-    result = pairs(*overrides, run_dir=tmp_path / "out", timeout=120)
+    command = [*overrides, f"hydra.run.dir={tmp_path / 'out'}"]
+    result = run_in_process(pairs_command.main, *command, program="dpo_lightning/cli/pairs.py")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-3000:]
@@ -282,7 +272,7 @@ def test_config_mistakes_exit_2_with_one_line(overrides, message, policy, tmp_pa
 
 
 def test_every_key_of_the_pairs_config_composes_and_checks(policy):
-    cfg = compose_config("pairs", f"policy={policy[0]}")
+    cfg = compose(f"policy={policy[0]}", config="pairs")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     raw = yaml.safe_load((CONF_DIR / "pairs.yaml").read_text())
     groups = [next(iter(entry)) for entry in raw["defaults"] if isinstance(entry, dict)]
@@ -294,7 +284,7 @@ def test_every_key_of_the_pairs_config_composes_and_checks(policy):
     SamplingSettings(**cfg.sampling)  # every sampling key is a sampling setting
     check_pairs_config(cfg)
 
-    missing = compose_config("pairs", f"policy={policy[0]}/no/such/folder")
+    missing = compose(f"policy={policy[0]}/no/such/folder", config="pairs")
     with pytest.raises(ConfigError) as error:
         check_pairs_config(missing)
     assert error.value.key == "policy" and f"{policy[0]}/no/such/folder" in str(error.value)
@@ -313,7 +303,7 @@ def test_every_key_of_the_pairs_config_composes_and_checks(policy):
 def test_config_checks_name_the_key(overrides, key, policy):
     policy_override = [] if key == "policy" else [f"policy={policy[0]}"]
     with pytest.raises(ConfigError) as error:
-        check_pairs_config(compose_config("pairs", *policy_override, *overrides))
+        check_pairs_config(compose(*policy_override, *overrides, config="pairs"))
     assert error.value.key == key and str(error.value).startswith(f"{key}: ") and "\n" not in str(error.value)
 
 
@@ -330,7 +320,7 @@ def task_reward(task: str) -> str:
 def test_every_task_with_a_reward_is_accepted(task, policy, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": " c", "rejected": " r"}] * 3)
     path = [f"task.source.path={data}"] if task == "local" else []
-    cfg = compose_config("pairs", f"policy={policy[0]}", f"task={task}", *path)
+    cfg = compose(f"policy={policy[0]}", f"task={task}", *path, config="pairs")
     if task_reward(task) == "none":
         with pytest.raises(ConfigError) as error:
             check_pairs_config(cfg)

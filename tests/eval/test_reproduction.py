@@ -4,12 +4,11 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 # The quick reproduction's frontier as the code gave it when the committed figures (README, docs/) were last
 # re-measured. A change that moves these numbers moves the full reproduction's too: re-run it
 # (`python scripts/sentiment_frontier.py`), update docs/sentiment-frontier.* and the README, then this file

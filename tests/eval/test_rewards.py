@@ -1,18 +1,14 @@
 """Task rewards: VADER and a sequence classifier, and a classifier that cannot work stopping the run at start-up."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from test_judges import reference_logits, save_tiny_classifier, softmax_column
+from helpers import reference_logits, run_in_process, save_tiny_classifier, softmax_column
 from transformers import AutoModelForSequenceClassification
 
+from dpo_lightning.cli import train
 from dpo_lightning.eval.rewards import ClassifierReward, VaderReward, sentiment_reward
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["The acting was", "Two hours later, the plot seemed"]
 COMPLETIONS = [" truly wonderful.", " dull and painful, and I want my money back."]
 
@@ -43,12 +39,14 @@ def test_the_classifier_reads_a_special_token_text_in_a_sample_as_text(tmp_path)
 
 
 def test_a_classifier_without_the_positive_label_stops_the_run_before_training(tmp_path):
+    """The train command, called in-process."""
     folder = save_tiny_classifier(tmp_path / "classifier", id2label={0: "LABEL_0", 1: "LABEL_1"})
     command = [
-        sys.executable, "train.py", "reward@task.reward=classifier", f"task.reward.name_or_path={folder}",
+        "reward@task.reward=classifier",
+        f"task.reward.name_or_path={folder}",
         f"hydra.run.dir={tmp_path / 'run'}",
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    ]
+    result = run_in_process(train.main, *command)
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]  # besides progress bars
     assert line.startswith("error: task.reward.positive_label:") and "POSITIVE" in line

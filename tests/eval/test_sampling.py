@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_module import ADAMW, DPO, MODEL
+from helpers import ADAMW, DPO, MODEL
 
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.eval.callback import SampleEvaluation

@@ -5,16 +5,22 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import (
+    JUDGE_KEY,
+    JUDGE_KEY_ENV,
+    FakeChatServer,
+    compose,
+    reference_logits,
+    run_in_process,
+    save_tiny_classifier,
+)
 from omegaconf import OmegaConf
-from test_judges import KEY_ENV, SECRET, FakeChatServer, reference_logits, save_tiny_classifier
 
+from dpo_lightning.cli import winrate as winrate_command
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.eval.judges import Judge, Verdict
@@ -29,7 +35,6 @@ from dpo_lightning.eval.winrate import (
     win_rates,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["prompt", "policy", "reference", "chosen", "policy_reward", "reference_reward"]
 JUDGE_OPTIONS = sorted(p.stem for p in (CONF_DIR / "judge").glob("*.yaml"))
 
@@ -125,8 +130,7 @@ def test_missing_run_folder_samples_and_columns_are_one_line_errors(tmp_path):
 
 
 def _winrate_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("winrate", overrides=list(overrides))
+    return compose(*overrides, config="winrate")
 
 
 @pytest.mark.parametrize(
@@ -201,9 +205,8 @@ def test_win_rates_skip_empty_opponents_and_subsample_the_same_rows():
 
 
 def winrate(*overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "dpo_lightning.cli.winrate", *overrides]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    """`python -m dpo_lightning.cli.winrate <overrides>`: the command's entry point, called in-process."""
+    return run_in_process(winrate_command.main, *overrides, program="dpo_lightning/cli/winrate.py")
 
 
 SAMPLE_ROWS = [
@@ -259,7 +262,7 @@ def test_a_run_without_samples_exits_2_with_one_line(tmp_path):
 
 
 def test_the_llm_judges_key_reaches_no_output(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setenv(JUDGE_KEY_ENV, JUDGE_KEY)
     rows = [
         {"prompt": f"q{i}", "policy": f"p{i} GOOD" if i < 4 else f"p{i}", "reference": f"r{i}" + (" GOOD" * (i >= 4))}
         for i in range(6)
@@ -273,20 +276,20 @@ def test_the_llm_judges_key_reaches_no_output(tmp_path, monkeypatch, capsys):
             "judge=llm",
             f"judge.url={server.url}",
             "judge.model=judge-model",
-            f"judge.api_key_env={KEY_ENV}",
+            f"judge.api_key_env={JUDGE_KEY_ENV}",
             "judge.max_retries=0",
             "judge.concurrency=1",
         )
         report = evaluate(cfg)
-    assert {r["authorization"] for r in server.requests} == {f"Bearer {SECRET}"}
+    assert {r["authorization"] for r in server.requests} == {f"Bearer {JUDGE_KEY}"}
     reference, chosen = report["opponents"]["reference"], report["opponents"]["chosen"]
     assert (reference["wins"], reference["losses"], reference["failed"]) == (2, 2, 2)
     assert reference["failed_reasons"] == {"HTTP 500": 2}
     assert (chosen["wins"], chosen["losses"], chosen["failed"], chosen["unavailable"]) == (4, 1, 0, 1)
-    assert report["judge"]["name"] == "llm" and report["judge"]["config"]["api_key_env"] == KEY_ENV
+    assert report["judge"]["name"] == "llm" and report["judge"]["config"]["api_key_env"] == JUDGE_KEY_ENV
     written = (tmp_path / "winrate.json").read_text()
     assert json.loads(written) == report
-    assert SECRET not in written and SECRET not in capsys.readouterr().out
+    assert JUDGE_KEY not in written and JUDGE_KEY not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("option", JUDGE_OPTIONS)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from helpers import compose
 from hydra.utils import instantiate
 
 from dpo_lightning.conf import CONF_DIR
@@ -83,8 +83,7 @@ def table_problems(page: str, objectives: dict[str, Objective], confs: dict[str,
 @pytest.fixture(scope="module")
 def objectives() -> dict[str, Objective]:
     """Every loss option's objective, instantiated from the composed config."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return {name: instantiate(compose("config", overrides=["logger=none", f"loss={name}"]).loss) for name in LOSSES}
+    return {name: instantiate(compose("logger=none", f"loss={name}").loss) for name in LOSSES}
 
 
 @pytest.fixture(scope="module")

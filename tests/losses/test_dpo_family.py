@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose
 from hydra.utils import instantiate
 
-from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.losses import PairLogps
 from dpo_lightning.losses.aot import AOT
@@ -483,8 +482,7 @@ OPTIONS = {
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_conf_option_composes_and_instantiates(option):
     cls, reference_free_ok = OPTIONS[option]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"loss={option}", "beta=0.25"])
+    cfg = compose(f"loss={option}", "beta=0.25")
     objective = instantiate(cfg.loss)
     assert type(objective) is cls and objective.name == option
     assert objective.beta == 0.25  # β comes from the top level

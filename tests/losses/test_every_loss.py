@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PAD, random_pairs
-from hydra import compose, initialize_config_dir
+from helpers import ADAMW, MODEL, PAD, SMALL, compose, random_pairs, read_summary, run_in_process, train
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from test_module import ADAMW, MODEL
-from test_train import SMALL, _summary, train
 
+from dpo_lightning.cli import train as train_command
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.collate import Batch, collate_padded
 from dpo_lightning.errors import ConfigError
@@ -44,7 +42,7 @@ EVERYTHING = {"chosen", "rejected", "margin"}
 AWAY_FROM_REFERENCE = {"discopop"}
 PAIRS = 8
 SGD_LR = 1e-3  # small enough that the first-order effect of the step dominates
-# Even smaller end-to-end runs than test_train's SMALL (later overrides win): 2 steps of 8 pairs.
+# Even smaller end-to-end runs than helpers.SMALL (later overrides win): 2 steps of 8 pairs.
 TINY = [
     "task.source.num_train_pairs=16",
     "task.source.num_val_pairs=8",
@@ -56,8 +54,7 @@ TINY = [
 
 def _compose(*overrides: str) -> DictConfig:
     """The composed config (logger=none: the csv logger's folder is a Hydra runtime value, unset here)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["logger=none", *overrides])
+    return compose("logger=none", *overrides)
 
 
 def _module(name: str) -> DPOLitModule:
@@ -200,7 +197,7 @@ def sweep(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", LOSSES)
 def test_every_loss_trains_end_to_end(name, sweep):
     assert name in sweep, f"no job folder for loss={name}"
-    summary = _summary(sweep[name])
+    summary = read_summary(sweep[name])
     assert summary["status"] == "completed", summary["error"]
     metrics = summary["metrics"]
     assert summary["global_step"] == 2 and math.isfinite(metrics["val/loss"])
@@ -208,7 +205,7 @@ def test_every_loss_trains_end_to_end(name, sweep):
 
 
 def test_combo_with_a_reference_needing_part_refuses_reference_none_in_one_line(tmp_path):
-    result = train("loss=combo", "reference=none", run_dir=tmp_path, timeout=120)
+    result = run_in_process(train_command.main, "loss=combo", "reference=none", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: reference: loss=combo needs a reference model")
     assert "Traceback" not in result.stderr

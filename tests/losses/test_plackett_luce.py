@@ -9,10 +9,9 @@ import math
 import pytest
 import scipy.stats
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose
 from hydra.utils import instantiate
 
-from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.rankings import ranks_from_scores
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.losses import LossOutput, PairLogps, RankingLogps
@@ -524,9 +523,8 @@ def test_bad_hyperparameters_fail_in_one_line(make, message):
 
 
 def test_conf_option_composes_and_instantiates():
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        default = compose("config", overrides=["loss=plackett_luce"])
-        cfg = compose("config", overrides=["loss=plackett_luce", "beta=0.25", "loss.top_m=2", "loss.ties=breslow"])
+    default = compose("loss=plackett_luce")
+    cfg = compose("loss=plackett_luce", "beta=0.25", "loss.top_m=2", "loss.ties=breslow")
     assert instantiate(default.loss).ties == "efron"
     objective = instantiate(cfg.loss)
     assert type(objective) is PlackettLuce and objective.name == "plackett_luce"

@@ -24,16 +24,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import PAD, random_pairs, tiny_causal_lm
-from hydra import compose, initialize_config_dir
+from helpers import PAD, ROOT, compose, offline_env, random_pairs, read_summary, tiny_causal_lm, train, write_jsonl
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from test_train import ROOT, train
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoModelForCausalLM
 
-from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.models.loading import build_model, check_model_config, transformer_blocks
@@ -59,11 +56,6 @@ COMPARED = (
     "logps/chosen",
     "logps/rejected",
 )
-
-
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def _plain(cfg, key: str) -> dict:
@@ -104,7 +96,7 @@ def test_bf16_model_logprobs_are_summed_in_fp32_and_match_fp64_from_the_same_log
 
 
 def _tiny_model_config(**changes) -> dict:
-    return {**_plain(_compose(), "model"), **changes}
+    return {**_plain(compose(), "model"), **changes}
 
 
 def _gradients(model, batch) -> tuple[dict[str, torch.Tensor], int]:
@@ -163,7 +155,7 @@ def _worker(rank: int, port: int, folder: Path) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         mesh = init_device_mesh("cpu", (2, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
-        cfg = _compose()
+        cfg = compose()
         batch = collate_padded(random_pairs(8)[4 * rank : 4 * rank + 4], PAD)  # this rank's half of the batch
         results = {}
         for variant in ("ddp", "fsdp+checkpointing", "fsdp"):
@@ -210,7 +202,7 @@ def test_ddp_and_fsdp_gradients_equal_one_process_and_never_reach_the_reference(
     saved = torch.load(tmp_path / "results.pt", weights_only=True)
 
     # One process, the whole batch of 8 pairs: the same gradient and SGD step.
-    single = _module(_compose(), _tiny_model_config())
+    single = _module(compose(), _tiny_model_config())
     single.configure_model()
     single.train()
     single.training_step(collate_padded(random_pairs(8), PAD), 0).backward()
@@ -267,8 +259,8 @@ def _duplicated_half_batches(folder: Path, steps: int = 4, unique: int = 4, rank
                 for row in block
             ]
         rows += block + block
-    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (folder / "val.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[::2]))
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "val.jsonl", rows[::2])
     return [
         "task=local",
         f"task.source.path={folder / 'train.jsonl'}",
@@ -294,7 +286,7 @@ def _train_steps(run_dir: Path) -> dict[int, dict[str, float]]:
 
 def _completed(result: subprocess.CompletedProcess, run_dir: Path, steps: int) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     assert summary["status"] == "completed" and summary["global_step"] == steps, summary.get("error")
     return summary
 
@@ -414,8 +406,9 @@ LAUNCH_SMALL = [
 
 
 def _launch(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_API_KEY": "", **(env or {})}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        command, cwd=ROOT, env=offline_env(**(env or {})), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
@@ -503,7 +496,7 @@ def test_slurm_script_is_valid_bash():
     ],
 )
 def test_scale_config_mistakes_fail_in_one_line(overrides, message):
-    cfg = _compose(*overrides)
+    cfg = compose(*overrides)
     with pytest.raises(ConfigError) as error:  # the model's own check, then the trainer's (as validate_config calls)
         check_model_config(cfg.model)
         check_trainer_config(cfg)
@@ -522,4 +515,4 @@ def test_scale_config_mistakes_fail_in_one_line(overrides, message):
     ],
 )
 def test_scale_configs_that_work_pass(overrides):
-    check_trainer_config(_compose(*overrides))
+    check_trainer_config(compose(*overrides))

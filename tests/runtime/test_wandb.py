@@ -2,19 +2,15 @@
 
 import json
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import train, wandb_run_record
 from omegaconf import OmegaConf
-from wandb.proto import wandb_internal_pb2
 
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
 from dpo_lightning.runtime.wandb_logging import name_sweep_run, previous_run_id, resolve_mode, wandb_logger
 
-ROOT = Path(__file__).resolve().parents[1]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake 40-character W&B key
 
 
@@ -23,30 +19,6 @@ def no_netrc(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-
-
-def wandb_run_record(wandb_dir: Path) -> wandb_internal_pb2.RunRecord:
-    """The run record (entity, project, group, name, …) of the one offline W&B run under `wandb_dir`, read from
-    its `.wandb` file: W&B's record log (LevelDB's log format: 32 KiB blocks of records with a 7-byte header —
-    CRC, length, type full/first/middle/last — after a 7-byte file header), each record a protobuf `Record`."""
-    (path,) = wandb_dir.glob("offline-run-*/*.wandb")
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    block, position, pieces = 32768, 7, b""
-    while position + 7 <= len(data):
-        if block - position % block < 7:  # a block's tail too short for a header is padding
-            position += block - position % block
-            continue
-        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
-        pieces += data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):  # full, last
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pieces)
-            pieces = b""
-            if record.WhichOneof("record_type") == "run":
-                return record.run
-    raise AssertionError(f"{path}: no run record")
 
 
 def _closed_port() -> int:
@@ -99,9 +71,7 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
         "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}",
     }
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "train.py",
+    overrides = [
         "logger=wandb",
         "task.source.num_train_pairs=32",
         "task.source.num_val_pairs=8",
@@ -110,11 +80,8 @@ def test_wandb_run_goes_offline_into_the_run_folder_and_never_writes_the_key(tmp
         "trainer.enable_progress_bar=false",
         "samples.num_prompts=4",
         "samples.max_new_tokens=4",
-        f"hydra.run.dir={run_dir}",
     ]
-    result = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
+    result = train(*overrides, run_dir=run_dir, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))

@@ -2,13 +2,11 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from dpo_lightning.models.tiny_tokenizer import TINY_TOKENIZER_DIR, load_tiny_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TEXTS = [
     "Café — naïve 東京 🎬",

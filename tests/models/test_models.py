@@ -5,8 +5,7 @@ from functools import cache
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, EOS, PAD, VOCAB, random_pairs, tiny_causal_lm
-from hydra import compose, initialize_config_dir
+from helpers import ARCHITECTURES, EOS, PAD, VOCAB, compose, random_pairs, tiny_causal_lm
 from omegaconf import OmegaConf
 from transformers import PreTrainedModel
 
@@ -41,8 +40,7 @@ MODEL_OPTIONS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 @cache
 def _composed(model: str = "tiny") -> dict:
     """The full config composed with `model=<model>`, interpolations resolved (missing values left as ???)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={model}"])
+    cfg = compose(f"model={model}")
     return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "loss", "optimizer")}
 
 
@@ -236,8 +234,7 @@ def test_disable_dropout_makes_train_mode_deterministic(architecture, disable_dr
 
 
 def _tiny_config() -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=["model.config.num_hidden_layers=1"]).model)
+    return OmegaConf.to_container(compose("model.config.num_hidden_layers=1").model)
 
 
 @pytest.mark.parametrize("layout", ["run folder", "model folder"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, SMALL, offline_env, read_summary, train
 from safetensors.torch import load_file
-from test_train import ROOT, SMALL
 
 from dpo_lightning.data.sampler import ResumableSampler, ShuffledSampler
 from dpo_lightning.errors import ConfigError
@@ -22,7 +22,7 @@ from dpo_lightning.runtime import checkpoints as checkpointing
 from dpo_lightning.runtime.checkpoints import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from dpo_lightning.runtime.resume import resume_arguments
 
-# test_train's short tiny-model run, checkpointing after every optimizer step, with 2 micro-batches a step
+# helpers.SMALL's short tiny-model run, checkpointing after every optimizer step, with 2 micro-batches a step
 # (a signal can arrive between the micro-batches of one step), no validation inside the run, no sampling.
 RUN = [
     *(override for override in SMALL if not override.startswith("trainer.val_check_interval")),
@@ -32,7 +32,7 @@ RUN = [
     "checkpoint.every_n_train_steps=1",
     "logger=none",
 ]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+ENV = offline_env()
 
 
 # --- the checkpoint file --------------------------------------------------------------------------------
@@ -232,19 +232,12 @@ def test_streaming_and_ddp_runs_resume_bitwise_equal(overrides, signal_number, t
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *RUN, "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = train(*RUN, "optimizer.lr=1e30", run_dir=tmp_path, env=ENV)
     assert result.returncode == 1, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: training diverged at step ") and "non-finite" in error, error
     assert f"last checkpoint: {tmp_path / 'checkpoints' / 'last.ckpt'}" in error
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = read_summary(tmp_path)
     assert summary["status"] == "failed" and summary["error"].startswith("DivergenceError: training diverged")
     last = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")
     assert last["global_step"] == summary["global_step"]  # saved after the last good step, not after the bad one

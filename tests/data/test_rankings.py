@@ -4,17 +4,14 @@ reference, the module's ranking and pairwise paths, and ranked data through the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from functools import partial
 
 import pytest
 import scipy.stats
 import torch
-from conftest import EOS, PAD, VOCAB, random_rankings, tiny_causal_lm
+from helpers import ADAMW, DPO, EOS, MODEL, PAD, VOCAB, compose, random_rankings, tiny_causal_lm, write_jsonl
 from omegaconf import OmegaConf
-from test_config import _compose
-from test_module import ADAMW, DPO, MODEL
 
 from dpo_lightning.data.collate import (
     collate_packed,
@@ -234,8 +231,7 @@ def test_ranked_batches_log_ranking_metrics_next_to_the_pairwise_ones():
 
 
 def _write(path, rows) -> str:
-    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    return str(path)
+    return str(write_jsonl(path, rows))
 
 
 RANKED_ROWS = [
@@ -251,16 +247,14 @@ RANKED_ROWS = [
 def _datamodule(tmp_path, rows, *overrides):
     train = _write(tmp_path / "train.jsonl", rows)
     val = _write(tmp_path / "val.jsonl", RANKED_ROWS[:4])
-    cfg = _compose(
-        [
-            "task=local",
-            f"task.source.path={train}",
-            f"task.source.val_path={val}",
-            "task.source.responses_column=responses",
-            "data.batch_size=4",
-            *overrides,
-        ],
-        tmp_path,
+    cfg = compose(
+        "task=local",
+        f"task.source.path={train}",
+        f"task.source.val_path={val}",
+        "task.source.responses_column=responses",
+        "data.batch_size=4",
+        *overrides,
+        run_dir=tmp_path,
     )
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     return cfg, datamodule
@@ -343,7 +337,7 @@ def test_unknown_ranking_options_are_refused(tmp_path, key, value):
     from dpo_lightning.runtime.checks import validate_config
 
     with pytest.raises(ConfigError, match=f"^{key}: must be one of"):
-        validate_config(_compose([f"{key}={value}"], tmp_path))
+        validate_config(compose(f"{key}={value}", run_dir=tmp_path))
 
 
 def test_the_precomputed_reference_serves_whole_rankings(tmp_path):
@@ -360,7 +354,7 @@ def test_the_precomputed_reference_serves_whole_rankings(tmp_path):
         "task.source.responses_per_prompt=3",
     ]
     overrides += ["task.source.num_train_pairs=16", "task.source.num_val_pairs=4", "data.eval_batch_size=8"]
-    cfg = _compose(overrides, tmp_path)
+    cfg = compose(*overrides, run_dir=tmp_path)
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
     path = precompute_reference(cfg, datamodule, trainer)

@@ -5,11 +5,9 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 @pytest.mark.slow  # ≈ 1 minute: three training processes

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from helpers import compose, run_in_process, write_jsonl
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import OmegaConf
 
+from dpo_lightning.cli import train
 from dpo_lightning.cli.checks import check_group_choices
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
@@ -20,7 +20,7 @@ from dpo_lightning.runtime.run import build_trainer
 
 # Groups of `config.yaml`; `reward` is nested in each task (chosen with `reward@task.reward=…`), `judge` belongs
 # to `winrate.yaml` (composed in tests/eval/test_winrate.py).
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "judge"))
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if any(p.glob("*.yaml")) and p.name not in ("hydra", "judge"))
 OPTIONS = [(group, option.stem) for group in GROUPS for option in sorted((CONF_DIR / group).glob("*.yaml"))]
 OVERRIDE_KEYS = {"reward": "reward@task.reward"}  # how the command line names a group's choice, where not `group`
 NEEDS_NETWORK = {("reward", "classifier")}  # options whose instantiation downloads a model: composed, not built
@@ -29,17 +29,9 @@ REQUIRED = {"local": ["task.source.path=PAIRS"], "hf": ["model.name_or_path=gpt2
 
 
 def _compose(overrides, tmp_path: Path):
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n' * 4)
-    overrides = [o.replace("PAIRS", str(pairs)) for o in overrides]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
-    with open_dict(cfg), read_write(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:…} as in a real run
-    with open_dict(cfg):
-        del cfg.hydra  # as the task function receives it
-    return cfg
+    """The config of a run in `tmp_path`; `PAIRS` in an override names a small pairs file there."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 4)
+    return compose(*(o.replace("PAIRS", str(pairs)) for o in overrides), run_dir=tmp_path)
 
 
 def test_every_group_has_options():
@@ -147,12 +139,9 @@ def test_every_conf_key_has_a_comment():
 
 
 def test_a_bad_loss_hyperparameter_fails_on_the_command_line_in_one_line(tmp_path):
-    """The objective's own check (raised inside Hydra's instantiate) reaches the user as one line, exit 2."""
-    import subprocess
-    import sys
-
-    command = [sys.executable, "train.py", "loss=cdpo", "loss.label_smoothing=0.7", f"hydra.run.dir={tmp_path}"]
-    result = subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=300)
+    """The objective's own check (raised inside Hydra's instantiate) reaches the user as one line, exit 2 (the train
+    command called in-process)."""
+    result = run_in_process(train.main, "loss=cdpo", "loss.label_smoothing=0.7", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: loss.label_smoothing: must be in [0.0, 0.5), got 0.7"
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import EOS, PAD, random_pairs, tiny_causal_lm
+from helpers import EOS, PAD, random_pairs, tiny_causal_lm
 
 from dpo_lightning.data.collate import IGNORE_INDEX, collate_padded
 from dpo_lightning.models.logprobs import sequence_logprobs

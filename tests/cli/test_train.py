@@ -1,52 +1,24 @@
-"""`python train.py` end to end, in subprocesses, exactly as a user runs it."""
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""`python train.py` end to end, in subprocesses, exactly as a user runs it; what it does with config mistakes, called
+in-process (tests/models/test_load_errors.py runs a mistake as a subprocess: one line, exit 2)."""
 
 import pytest
 import torch
+from helpers import FIXTURES, SMALL, compose, read_summary, run_in_process, train, write_jsonl
 from safetensors.torch import load_file
-from test_config import _compose
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dpo_lightning.cli import train as train_command
 from dpo_lightning.losses.dpo import dpo_loss
 from dpo_lightning.models.loading import build_model, load_tokenizer
 from dpo_lightning.models.logprobs import sequence_logprobs
 from dpo_lightning.runtime.checkpoints import load_checkpoint_file
 from dpo_lightning.runtime.run import build_datamodule
 
-ROOT = Path(__file__).resolve().parents[1]
-# A small, fast configuration of the default offline run.
-SMALL = [
-    "task.source.num_train_pairs=64",
-    "task.source.num_val_pairs=16",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "trainer.max_steps=6",
-    "trainer.val_check_interval=4",
-    "trainer.enable_progress_bar=false",
-]
-
-
-def train(*overrides: str, run_dir: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "train.py", *overrides]
-    if run_dir is not None:
-        command.append(f"hydra.run.dir={run_dir}")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_API_KEY": ""}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
 
 def test_default_run_writes_summary_checkpoints_and_a_loadable_policy(tmp_path):
     result = train(*SMALL, run_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = _summary(tmp_path)
+    summary = read_summary(tmp_path)
     assert summary["status"] == "completed" and summary["error"] is None
     metrics = summary["metrics"]
     for name in (
@@ -102,32 +74,28 @@ def test_default_run_writes_summary_checkpoints_and_a_loadable_policy(tmp_path):
     ],
 )
 def test_config_mistakes_fail_in_one_line_before_any_model_loads(overrides, message, tmp_path):
-    result = train(*overrides, run_dir=tmp_path, timeout=120)
+    result = run_in_process(train_command.main, *overrides, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.stderr
     if overrides[0] != "model=nope":  # Hydra never ran for an unknown group option
-        summary = _summary(tmp_path)
+        summary = read_summary(tmp_path)
         assert summary["status"] == "failed" and message.removeprefix("error: ") in summary["error"]
         assert not (tmp_path / "policy").exists()
 
 
 def test_bad_local_row_names_file_row_and_field(tmp_path):
-    data = tmp_path / "pairs.jsonl"
     rows = [{"prompt": "Hi", "chosen": " yes", "rejected": " no"}] * 5 + [
         {"prompt": "Hi", "chosen": "", "rejected": " no"}
     ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train(
-        "task=local", f"task.source.path={data}", f"task.source.val_path={data}", run_dir=tmp_path / "run", timeout=120
-    )
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    task = ["task=local", f"task.source.path={data}", f"task.source.val_path={data}"]
+    result = run_in_process(train_command.main, *task, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {data}: row 5: chosen: empty"
 
     skipping = train(
-        "task=local",
-        f"task.source.path={data}",
-        f"task.source.val_path={data}",
+        *task,
         "task.skip_bad_rows=true",
         "trainer.max_steps=2",
         "data.batch_size=2",
@@ -135,7 +103,7 @@ def test_bad_local_row_names_file_row_and_field(tmp_path):
         timeout=180,
     )
     assert skipping.returncode == 0, skipping.stderr[-3000:]
-    report = _summary(tmp_path / "skip")["data"]
+    report = read_summary(tmp_path / "skip")["data"]
     assert report["train"]["skipped"] == {"chosen: empty": 1} and report["train"]["rows"] == 5
 
 
@@ -149,14 +117,14 @@ def test_multirun_sweeps_beta(tmp_path):
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    betas = sorted(_summary(tmp_path / job)["config"]["loss"]["beta"] for job in ("0", "1"))
+    betas = sorted(read_summary(tmp_path / job)["config"]["loss"]["beta"] for job in ("0", "1"))
     assert betas == [0.1, 0.5]
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):
     result = train(*SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", run_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = _summary(tmp_path)
+    summary = read_summary(tmp_path)
     assert summary["status"] == "completed" and summary["global_step"] == 6
     assert summary["config"]["trainer"]["devices"] == 2
     assert (tmp_path / "policy" / "model.safetensors").is_file()
@@ -176,7 +144,7 @@ FIXTURE_COUNTS = {
 @pytest.mark.parametrize("streaming", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("task", sorted(FIXTURE_COUNTS))
 def test_each_hub_task_trains_offline_on_its_fixtures(task, streaming, tmp_path):
-    fixtures = ROOT / "tests" / "fixtures" / task
+    fixtures = FIXTURES / task
     result = train(
         f"task={task}",
         f"task.source.data_files.train={fixtures / 'train.jsonl'}",
@@ -193,7 +161,7 @@ def test_each_hub_task_trains_offline_on_its_fixtures(task, streaming, tmp_path)
         run_dir=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = _summary(tmp_path)
+    summary = read_summary(tmp_path)
     assert summary["status"] == "completed" and summary["global_step"] == 2
     assert summary["metrics"]["val/loss"] > 0
     report = summary["data"]
@@ -213,9 +181,7 @@ def test_streaming_ddp_two_ranks_two_workers_sees_every_row_once(tmp_path):
     # 13 training rows, 2 pairs per rank and step → 7 chunks: rank 0 takes 4, rank 1 takes 3 and a placeholder.
     # 2 validation rows, 2 pairs per rank → 1 chunk: rank 1 validates on placeholder batches only.
     rows = [{"prompt": f"Question {i}?", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(13)]
-    train_file, val_file = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
-    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    val_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    train_file, val_file = write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "val.jsonl", rows[:2])
     task = [
         "task=local",
         f"task.source.path={train_file}",
@@ -235,14 +201,14 @@ def test_streaming_ddp_two_ranks_two_workers_sees_every_row_once(tmp_path):
         run_dir=tmp_path / "run",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = _summary(tmp_path / "run")
+    summary = read_summary(tmp_path / "run")
     assert summary["status"] == "completed" and summary["global_step"] == 4
     assert summary["data"]["train"]["rows"] == 13 and summary["data"]["validation"]["rows"] == 2
 
     # val/loss is the mean over the validation pairs, recomputed here from the exported policy and the
     # reference (the tiny model's seeded initial weights): a rank of placeholders adds nothing to it.
     (tmp_path / "check").mkdir()
-    cfg = _compose(task, tmp_path / "check")
+    cfg = compose(*task, run_dir=tmp_path / "check")
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     datamodule.setup("fit")
     (batch,) = datamodule.val_dataloader()
@@ -257,7 +223,7 @@ def test_plain_default_run_learns_the_preference_in_under_three_minutes(tmp_path
     """The README's promise: `python train.py`, no overrides, ends with val/rewards/accuracies ≥ 0.9."""
     result = train("trainer.enable_progress_bar=false", run_dir=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = _summary(tmp_path)
+    summary = read_summary(tmp_path)
     assert summary["config"]["task"]["name"] == "sentiment" and summary["config"]["model"]["name"] == "tiny"
     assert summary["metrics"]["val/rewards/accuracies"] >= 0.9, summary["metrics"]
     assert summary["wall_time_s"] < 180

@@ -5,12 +5,9 @@ import importlib.util
 import lightning as L
 import pytest
 import torch
-from conftest import PAD, random_pairs
+from helpers import ADAMW, DEMO, DPO, MODEL, PAD, SMALL, compose, fit, random_pairs, read_summary, train
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
-from test_config import _compose
-from test_module import ADAMW, DPO, MODEL, _fit
-from test_train import SMALL, _summary, train
 from transformers import AutoModelForCausalLM
 
 from dpo_lightning.conf import CONF_DIR
@@ -40,8 +37,6 @@ LORA = {
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "merge_on_export": True},
 }
 needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
-# The sentiment demo, small: 32 training and 8 validation pairs.
-DEMO = ["task.source.num_train_pairs=32", "task.source.num_val_pairs=8", "data.eval_batch_size=16"]
 
 
 def _module(reference, model=MODEL) -> DPOLitModule:
@@ -60,7 +55,8 @@ def _cache_file(tmp_path, pairs, model) -> str:
 
 def _demo(tmp_path, *overrides):
     """The composed config, data module and (unstarted) CPU trainer of a small sentiment run."""
-    cfg = _compose(["reference=precomputed", f"reference.cache_dir={tmp_path / 'cache'}", *DEMO, *overrides], tmp_path)
+    cache = f"reference.cache_dir={tmp_path / 'cache'}"
+    cfg = compose("reference=precomputed", cache, *DEMO, *overrides, run_dir=tmp_path)
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
     return cfg, datamodule, trainer
@@ -146,7 +142,7 @@ def test_lora_reference_is_the_base_model_before_and_after_training(tmp_path):
     adapters = {id(p) for name, p in module.policy.named_parameters() if "lora_" in name}
     assert adapters and optimized == adapters
 
-    _fit(module, tmp_path, steps=2)
+    fit(module, tmp_path, steps=2)
     with torch.no_grad():
         policy_logps = sequence_logprobs(module.policy, batch)[0]
     assert not torch.allclose(policy_logps, base_logps)
@@ -179,7 +175,7 @@ def test_sync_mixes_alpha_policy_into_the_reference_every_n_steps(tmp_path):
         mix(policy, step)
 
     module.reference.after_optimizer_step = record
-    _fit(module, tmp_path, steps=5)
+    fit(module, tmp_path, steps=5)
     final = {k: v.detach().clone() for k, v in module.reference.model.named_parameters()}
     states = [reference for _, _, reference in records[1:]] + [final]
     for (step, policy, before), after in zip(records, states, strict=True):
@@ -196,7 +192,7 @@ def test_sync_mixes_alpha_policy_into_the_reference_every_n_steps(tmp_path):
 def test_sync_reference_survives_a_checkpoint_round_trip(tmp_path):
     config = PeriodicSync(alpha=1.0, every_n_steps=2)
     module = _module(config)
-    trainer = _fit(module, tmp_path, steps=3)
+    trainer = fit(module, tmp_path, steps=3)
     path = tmp_path / "sync.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=True)["state_dict"]
@@ -265,14 +261,14 @@ def test_gradients_never_reach_the_reference(strategy, tmp_path):
     ],
 )
 def test_bad_reference_config_fails_in_one_line(overrides, message, tmp_path):
-    cfg = _compose(overrides, tmp_path)
+    cfg = compose(*overrides, run_dir=tmp_path)
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
 def test_lora_without_peft_fails_in_one_line(tmp_path, monkeypatch):
-    cfg = _compose(["reference=lora"], tmp_path)
+    cfg = compose("reference=lora", run_dir=tmp_path)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real_find_spec(name))
     with pytest.raises(ConfigError, match=r"^reference: reference=lora needs the peft package"):
@@ -296,7 +292,7 @@ def test_every_reference_option_trains_two_steps_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for job, name in enumerate(options):  # one process, one job per option, in sweep order
         run_dir = tmp_path / str(job)
-        summary = _summary(run_dir)
+        summary = read_summary(run_dir)
         assert summary["choices"]["reference"] == name
         assert summary["status"] == "completed" and summary["global_step"] == 2, name
         saved = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["state_dict"]

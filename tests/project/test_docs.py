@@ -8,17 +8,15 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import ROOT, compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 
 from dpo_lightning.cli.checks import check_group_choices, check_task_spelling
 from dpo_lightning.conf import CONF_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 README_MAX_LINES = 250
 # A documented command: `python train.py …`, `dpo-train …` or `python -m dpo_lightning.cli.<name> …`, in a code block.
@@ -85,8 +83,7 @@ def test_every_documented_command_composes(where, config, arguments):
     check_group_choices(arguments, CONF_DIR)
     check_task_spelling(arguments)
     overrides = _first_of_each_sweep(arguments)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        compose(config, overrides=overrides)
+    compose(*overrides, config=config)
 
 
 def test_an_old_spelling_in_a_command_is_caught():

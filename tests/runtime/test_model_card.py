@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import FIXTURES, compose, offline_env, read_summary, train, write_jsonl
 from omegaconf import OmegaConf
-from test_config import _compose
 
 from dpo_lightning.instantiate import build
 from dpo_lightning.runtime.export import hub_dataset, write_model_card
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
 SECRET = "hf_NotARealTokenButSecret42"
 ENV_SECRET = "hf_FromTheEnvironment99"
 METRICS = {"val/loss": 0.61234, "val/rewards/accuracies": 0.75, "val/reward": 0.5, "val/kl": 1.25, "train/loss": 9.0}
@@ -32,7 +26,7 @@ def _card(folder: Path) -> tuple[dict, str]:
 
 
 def _write(tmp_path: Path, overrides: list[str], argv: list[str] | None = None, metrics=None) -> tuple[dict, str]:
-    cfg = _compose(overrides, tmp_path)
+    cfg = compose(*overrides, run_dir=tmp_path)
     choices = {"loss": "dpo", "reference": "model"}
     for override in overrides:  # the group options, as Hydra records them
         group, _, option = override.partition("=")
@@ -48,7 +42,7 @@ def _write(tmp_path: Path, overrides: list[str], argv: list[str] | None = None, 
 
 def test_card_header_follows_the_config(tmp_path):
     header, body = _write(tmp_path, ["task=tldr", "model=gptj", "loss=ipo", "beta=0.5", "reference=precomputed"])
-    cfg = _compose(["task=tldr", "model=gptj"], tmp_path)
+    cfg = compose("task=tldr", "model=gptj", run_dir=tmp_path)
     assert header == {
         "base_model": cfg.model.name_or_path,  # EleutherAI/gpt-j-6b
         "datasets": [cfg.task.source.path],  # openai/summarize_from_feedback
@@ -79,7 +73,7 @@ def test_hub_task_read_from_local_files_names_no_dataset(tmp_path):
     files = [f"task.source.data_files.{split}={fixtures / f'{split}.jsonl'}" for split in ("train", "validation")]
     header, _ = _write(tmp_path, ["task=tldr", *files])
     assert "datasets" not in header
-    cfg = _compose(["task=tldr", files[0]], tmp_path)  # validation still from the hub: the hub dataset was read
+    cfg = compose("task=tldr", files[0], run_dir=tmp_path)  # validation still from the hub: the hub dataset was read
     assert hub_dataset(build(cfg.task.source, "task.source")) == "openai/summarize_from_feedback"
 
 
@@ -87,7 +81,10 @@ def test_local_data_names_no_dataset_and_init_from_is_the_base_model(tmp_path):
     run = tmp_path / "sft-run"
     (run / "policy").mkdir(parents=True)
     (run / "policy" / "config.json").write_text("{}")
-    header, body = _write(tmp_path, ["task=local", "task.source.path=PAIRS", "model=gpt2", f"+model.init_from={run}"])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 4)
+    header, body = _write(
+        tmp_path, ["task=local", f"task.source.path={pairs}", "model=gpt2", f"+model.init_from={run}"]
+    )
     assert header["base_model"] == str(run)
     assert "datasets" not in header
     assert f"trained from `{run}`" in body
@@ -115,9 +112,7 @@ def test_a_real_run_exports_its_model_card(tmp_path):
     """One short run of the default offline demo (~20 s): policy/README.md next to the weights, no secret given on
     the command line in it."""
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
+    overrides = [
         "trainer.max_steps=2",
         "task.source.num_train_pairs=32",
         "task.source.num_val_pairs=8",
@@ -125,12 +120,10 @@ def test_a_real_run_exports_its_model_card(tmp_path):
         "trainer.enable_progress_bar=false",
         f"+hub.token={SECRET}",  # a secret-looking key: its value is redacted
         f"+note={ENV_SECRET}",  # the value of a secret environment variable: redacted wherever it appears
-        f"hydra.run.dir={run_dir}",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "HF_TOKEN": ENV_SECRET}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = train(*overrides, run_dir=run_dir, env=offline_env(HF_TOKEN=ENV_SECRET), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     header, body = _card(run_dir / "policy")
     assert header == {
         "tags": ["dpo", "dpo-lightning"],

@@ -3,12 +3,8 @@ and the fix: no stack trace, no retries against an unreachable hub, nothing read
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +12,7 @@ import huggingface_hub.constants
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import compose, offline_env, read_summary, train, write_jsonl
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -30,7 +27,6 @@ from dpo_lightning.errors import ConfigError, DataError
 from dpo_lightning.models.loading import build_model, check_loadable, load_tokenizer, model_config
 from dpo_lightning.models.tiny_tokenizer import load_tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 GPTJ = "EleutherAI/gpt-j-6b"
 TINY_GPT2 = dict(n_embd=32, n_layer=1, n_head=4, n_positions=64, vocab_size=1024, bos_token_id=0, eos_token_id=1)
 UNREACHABLE = "not a local folder and the Hugging Face hub is unreachable"
@@ -265,8 +261,6 @@ def test_random_init_model_needs_no_check():
 
 
 def test_the_run_checks_the_model_before_reading_data(tmp_path, monkeypatch):
-    from test_config import _compose
-
     from dpo_lightning.runtime import run as run_module
 
     def no_data(*args, **kwargs):
@@ -274,7 +268,7 @@ def test_the_run_checks_the_model_before_reading_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_module, "build_datamodule", no_data)
     monkeypatch.setattr(run_module, "load_tokenizer", no_data)
-    cfg = _compose(["model=hf", f"model.name_or_path={tmp_path / 'nowhere'}"], tmp_path)
+    cfg = compose("model=hf", f"model.name_or_path={tmp_path / 'nowhere'}", run_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^model.name_or_path: cannot load '.*nowhere': no such folder"):
         run_module.run(cfg, tmp_path)
 
@@ -282,13 +276,13 @@ def test_the_run_checks_the_model_before_reading_data(tmp_path, monkeypatch):
 def test_flagship_command_offline_fails_in_one_line_within_seconds(tmp_path):
     """`python train.py task=tldr model=gptj beta=0.5` without the model: one line, exit 2. It took about a minute
     (three chained stack traces, retry warnings) before; < 20 s is a generous bound — nearly all of it is importing
-    Lightning and transformers (~12 s on 2 busy cores, a few seconds on an idle machine)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "WANDB_MODE": "offline"}
-    command = [sys.executable, str(ROOT / "train.py"), "task=tldr", "model=gptj", "beta=0.5"]
+    Lightning and transformers (~12 s on 2 busy cores, a few seconds on an idle machine).
+
+    The suite's one config mistake run as the real command in a process of its own (the whole CLI: interpreter,
+    imports, Hydra, the exit status); the other mistakes call the commands' entry points in-process."""
+    env = offline_env(HF_HUB_CACHE=str(tmp_path / "hf-cache"))
     started = time.perf_counter()
-    result = subprocess.run(
-        [*command, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    result = train("task=tldr", "model=gptj", "beta=0.5", run_dir=tmp_path / "run", env=env, cwd=tmp_path)
     elapsed = time.perf_counter() - started
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.splitlines()
@@ -296,7 +290,7 @@ def test_flagship_command_offline_fails_in_one_line_within_seconds(tmp_path):
     assert lines[0].startswith(f"error: model.name_or_path: cannot load '{GPTJ}': {UNREACHABLE}")
     assert "Traceback" not in result.stdout + result.stderr
     assert elapsed < 20, elapsed
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = read_summary(tmp_path / "run")
     assert summary["status"] == "failed" and "cannot load" in summary["error"]
 
 
@@ -332,7 +326,7 @@ def _empty_file(folder: Path, name: str) -> Path:
 @pytest.fixture
 def good_file(tmp_path) -> Path:
     path = tmp_path / "good.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "c", "rejected": "r"}) + "\n" for i in range(8)))
+    write_jsonl(path, [{"prompt": f"p{i}", "chosen": "c", "rejected": "r"} for i in range(8)])
     return path
 
 

@@ -13,10 +13,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from dpo_lightning.conf import CONF_DIR
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import re
 import runpy
 import subprocess
@@ -16,6 +15,7 @@ import datasets
 import lightning as L
 import pytest
 import torch
+from helpers import ROOT, write_jsonl
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -27,7 +27,6 @@ from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.sources.rows import RowsSource
 from dpo_lightning.data.tokenize import TokenizeSettings
 
-ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "train_tiny.py"
 DOCS = ROOT / "docs" / "python-api.md"
 
@@ -123,7 +122,7 @@ FORMATS = {  # format → (row i, LocalSource's column arguments for its file)
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(path, rows)
     return str(path)
 
 

@@ -1,10 +1,8 @@
 """DPOLitModule: what trains, what stays frozen, what goes into checkpoints."""
 
-import lightning as L
 import pytest
 import torch
-from conftest import PAD, random_pairs
-from torch.utils.data import DataLoader
+from helpers import ADAMW, DPO, MODEL, PAD, fit, random_pairs
 
 from dpo_lightning.data.collate import collate_padded, placeholder_batch
 from dpo_lightning.models.logprobs import sequence_logprobs
@@ -12,53 +10,11 @@ from dpo_lightning.models.reference import ReferenceFree
 from dpo_lightning.runtime.faults import DivergenceGuard
 from dpo_lightning.training.module import REFERENCE_PREFIX, DPOLitModule
 
-MODEL = {
-    "name": "test",
-    "name_or_path": None,
-    "architecture": "llama",
-    "config": {
-        "vocab_size": 97,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "eos_token_id": 1,
-        "pad_token_id": 2,
-    },
-    "init_seed": 0,
-    "dtype": "float32",
-    "attn_implementation": "sdpa",
-    "disable_dropout": True,
-    "trust_remote_code": False,
-}
-DPO = {"_target_": "dpo_lightning.losses.dpo.DPO", "beta": 0.1}
-ADAMW = {"_target_": "torch.optim.AdamW", "lr": 1e-2, "warmup_steps": 2}
-
 
 def _module(loss=DPO) -> DPOLitModule:
     module = DPOLitModule(model=MODEL, loss=loss, optimizer=ADAMW)
     module.configure_model()
     return module
-
-
-def _loader(count=16, batch_size=4):
-    return DataLoader(random_pairs(count), batch_size=batch_size, collate_fn=lambda pairs: collate_padded(pairs, PAD))
-
-
-def _fit(module, tmp_path, steps=4, **trainer_options):
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-        **trainer_options,
-    )
-    trainer.fit(module, train_dataloaders=_loader())
-    return trainer
 
 
 def test_reference_starts_equal_to_policy_and_is_frozen():
@@ -91,7 +47,7 @@ def test_training_changes_policy_and_leaves_reference_bit_identical(tmp_path):
     module = _module()
     before = {k: v.clone() for k, v in module.reference.model.state_dict().items()}
     policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
-    _fit(module, tmp_path)
+    fit(module, tmp_path)
     after = module.reference.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any(not torch.equal(policy_before[k], v) for k, v in module.policy.state_dict().items())
@@ -99,7 +55,7 @@ def test_training_changes_policy_and_leaves_reference_bit_identical(tmp_path):
 
 def test_checkpoint_leaves_out_the_reference_and_loads_back(tmp_path):
     module = _module()
-    trainer = _fit(module, tmp_path, steps=2)
+    trainer = fit(module, tmp_path, steps=2)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=True)["state_dict"]
@@ -146,7 +102,7 @@ def _fit_clipped(tmp_path, callbacks, gradient_clip_val=None, steps=3):
     torch.manual_seed(0)
     module = _module()
     options = {"enable_checkpointing": False, "gradient_clip_val": gradient_clip_val, "callbacks": callbacks}
-    _fit(module, tmp_path, steps, **options)
+    fit(module, tmp_path, steps, **options)
     return {name: value.detach().clone() for name, value in module.policy.state_dict().items()}
 
 

@@ -6,22 +6,18 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import wandb
-from hydra import compose, initialize_config_dir
+from helpers import compose, read_summary, train, wandb_run_record
 from hydra.utils import get_class
 from omegaconf import OmegaConf
-from test_wandb import wandb_run_record
 
 from dpo_lightning.cli import frontier
 from dpo_lightning.cli.sweep import collect_jobs, format_table, objective
-from dpo_lightning.conf import CONF_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
 # The tiny model on a few pairs, two optimizer steps, validation sampling on 4 prompts (val/reward, val/kl).
 TINY = [
     "task.source.num_train_pairs=32",
@@ -47,19 +43,14 @@ def _environment(home: Path) -> dict[str, str]:
     }
 
 
-def train(*arguments: str, home: Path, path: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = _environment(home) | ({"PATH": path} if path else {})
-    command = [sys.executable, "train.py", *arguments]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def sweep(*arguments: str, home: Path, path: str | None = None) -> subprocess.CompletedProcess:
+    """`python train.py <arguments>` with `home` as HOME (no W&B credentials) and `path` as PATH."""
+    return train(*arguments, env=_environment(home) | ({"PATH": path} if path else {}))
 
 
 def _csv_rows(sweep_dir: Path) -> list[dict[str, str]]:
     with (sweep_dir / "sweep_summary.csv").open(newline="") as file:
         return list(csv.DictReader(file))
-
-
-def _summary(folder: Path) -> dict:
-    return json.loads((folder / "summary.json").read_text())
 
 
 # --- a 2-job sweep on the tiny model, one job failing on purpose ------------------------------------------------
@@ -70,7 +61,7 @@ def failing_sweep(tmp_path_factory):
     """`-m beta=-1,0.1 logger=wandb`: job 0 fails its config check, job 1 trains (W&B offline)."""
     home = tmp_path_factory.mktemp("home")
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    result = train("-m", "beta=-1,0.1", *TINY, "logger=wandb", f"hydra.sweep.dir={sweep_dir}", home=home)
+    result = sweep("-m", "beta=-1,0.1", *TINY, "logger=wandb", f"hydra.sweep.dir={sweep_dir}", home=home)
     return sweep_dir, result, home
 
 
@@ -87,11 +78,11 @@ def test_a_failed_job_is_a_row_with_its_error_and_the_other_job_still_runs(faili
         "1",
     )
     assert completed["overrides"].split() == OmegaConf.load(sweep_dir / "1" / ".hydra" / "overrides.yaml")
-    metrics = _summary(sweep_dir / "1")["metrics"]
+    metrics = read_summary(sweep_dir / "1")["metrics"]
     for name in ("val/loss", "val/rewards/accuracies", "val/reward", "val/kl", "train/pairs_per_s"):
         assert float(completed[name]) == pytest.approx(metrics[name], rel=1e-12), name
     assert set(completed) - {"job", "status", "error", "overrides", "run_folder"} == set(metrics)  # every metric
-    assert _summary(sweep_dir / "0")["status"] == "failed"
+    assert read_summary(sweep_dir / "0")["status"] == "failed"
     # the printed table: both jobs, then the failed one's error
     table = result.stdout[result.stdout.index(f"sweep {sweep_dir}: 2 jobs (1 completed, 1 failed)") :]
     assert [line.split()[:2] for line in table.splitlines()[2:4]] == [["0", "failed"], ["1", "completed"]]
@@ -105,7 +96,7 @@ def test_sweep_runs_share_a_wandb_group_and_are_named_by_their_overrides(failing
     assert run.run_group == str(sweep_dir)
     assert run.display_name == hydra_job.override_dirname
     assert run.display_name.startswith("beta=0.1,data.batch_size=8,")
-    assert _summary(sweep_dir / "1")["config"]["logger"]["group"] == str(sweep_dir)  # recorded as used
+    assert read_summary(sweep_dir / "1")["config"]["logger"]["group"] == str(sweep_dir)  # recorded as used
 
 
 def test_frontier_logs_its_plot_to_a_wandb_run_in_the_sweeps_group(failing_sweep, tmp_path, monkeypatch):
@@ -133,7 +124,7 @@ def test_frontier_logs_its_plot_to_a_wandb_run_in_the_sweeps_group(failing_sweep
 def test_optuna_search_on_the_local_launcher_tells_a_failed_trial_and_keeps_the_best(tmp_path):
     """Two trials at once in two worker processes (hydra/launcher=local); TPE's seeded draws from
     choice(-1, 0.1) give one failing and one training trial."""
-    result = train(
+    result = sweep(
         "-m",
         "hydra/sweeper=optuna_search",
         "hydra/launcher=local",
@@ -151,7 +142,7 @@ def test_optuna_search_on_the_local_launcher_tells_a_failed_trial_and_keeps_the_
     assert (rows["beta=-1"]["status"], rows["beta=-1"]["error"]) == ("failed", BAD_BETA_ERROR)
     completed = rows["beta=0.1"]
     assert completed["status"] == "completed"
-    val_loss = _summary(tmp_path / completed["run_folder"])["metrics"]["val/loss"]
+    val_loss = read_summary(tmp_path / completed["run_folder"])["metrics"]["val/loss"]
     results = OmegaConf.load(tmp_path / "optimization_results.yaml")  # what Optuna was told: the objective
     assert (results.best_params.beta, results.best_value) == (0.1, pytest.approx(val_loss, rel=1e-12))
     assert "hydra_joblib_launcher" in OmegaConf.load(tmp_path / "0" / ".hydra" / "hydra.yaml").hydra.launcher._target_
@@ -160,7 +151,7 @@ def test_optuna_search_on_the_local_launcher_tells_a_failed_trial_and_keeps_the_
 @pytest.mark.slow  # two more trainings (~35 s on 2 cores); the Optuna test above runs the local launcher in CI
 def test_local_launcher_jobs_overlap_in_time(tmp_path):
     """Both jobs train at once: each job's log spans the other's start."""
-    result = train(
+    result = sweep(
         "-m", "hydra/launcher=local", "beta=0.1,0.5", *TINY[:-2], "samples.num_prompts=0",
         f"hydra.sweep.dir={tmp_path}", home=tmp_path,
     )  # fmt: skip
@@ -188,7 +179,7 @@ def test_slurm_launcher_submits_one_array_job_with_the_configured_resources(tmp_
     for script in stand_ins.iterdir():
         script.chmod(0o755)
     sweep_dir = tmp_path / "sweep"
-    result = train(
+    result = sweep(
         "-m",
         "hydra/launcher=slurm",
         "hydra/sweeper=basic",
@@ -231,8 +222,7 @@ OPTIONS = {
 def test_every_sweeper_and_launcher_option_composes(override):
     """Ours (optuna_search, slurm, local) and the plugins' own options, side by side; the class imports."""
     group = override.split("=")[0].split("/")[1]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[override], return_hydra_config=True)
+    cfg = compose(override, with_hydra=True)
     node = cfg.hydra[group]
     assert node._target_ == OPTIONS[override]
     assert get_class(node._target_)

@@ -7,11 +7,8 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import PAD, random_pairs, random_rankings, tiny_causal_lm
+from helpers import ADAMW, DEMO, DPO, MODEL, PAD, compose, random_pairs, random_rankings, tiny_causal_lm
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-from test_config import _compose
-from test_module import ADAMW, DPO, MODEL
-from test_reference import DEMO
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from transformers.integrations import flex_attention as transformers_flex
 
@@ -301,7 +298,7 @@ def test_prefix_sharing_needs_a_prompt():
 
 def test_the_config_picks_layout_and_length_grouping(tmp_path):
     overrides = ["data.batch_size=8", "data.layout=packed", "data.packing_max_tokens=256", "data.group_by_length=true"]
-    cfg = _compose([*DEMO, *overrides], tmp_path)
+    cfg = compose(*DEMO, *overrides, run_dir=tmp_path)
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
