@@ -17,7 +17,12 @@ from helpers import ROOT
 QUICK_FRONTIER = ROOT / "scripts" / "sentiment-frontier-quick.csv"
 
 
+@pytest.mark.slow  # slow: the pipeline's six trainings and the pair generation (~65 s), runs with -m slow
 def test_quick_reproduction_runs_every_stage_and_plots_every_method(tmp_path):
+    """CI runs each stage on its own: an SFT run (loss=sft in tests/losses/test_every_loss.py), the pairs command
+    (tests/eval/test_pairs.py), a second stage from a saved policy (model.init_from in tests/models/test_models.py),
+    sweeps (tests/cli/test_sweep.py) and the frontier (tests/eval/test_frontier.py). Run it (-m slow) after a change
+    that may move the committed figures."""
     command = [
         sys.executable,
         "scripts/sentiment_frontier.py",

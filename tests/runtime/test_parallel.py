@@ -298,7 +298,11 @@ def _assert_same_weights(run_a: Path, run_b: Path, **tolerance) -> None:
         torch.testing.assert_close(a[name], b[name], **tolerance, msg=name)
 
 
+@pytest.mark.slow  # slow: three training runs, two of them 2-process (~50 s), runs with -m slow
 def test_ddp_and_fsdp_reproduce_the_one_process_run(tmp_path):
+    """CI checks the same equality in-process (test_ddp_and_fsdp_gradients_equal_one_process_and_never_reach_the_
+    reference: DDP and FSDP2 gradients and the SGD step equal one process's) and launches FSDP end to end
+    (test_torchrun_launches_the_same_config, test_slurm_script_trains_under_a_stand_in_srun)."""
     data = _duplicated_half_batches(tmp_path)
     runs = {"single": [], "ddp": ["trainer=ddp", "trainer.devices=2"], "fsdp": ["trainer=fsdp", "trainer.devices=2"]}
     summaries, steps = {}, {}
@@ -363,8 +367,11 @@ FSDP_SMALL = [
 ]
 
 
+@pytest.mark.slow  # slow: three 2-process FSDP runs (~60 s), runs with -m slow
 def test_fsdp_resumes_from_the_sharded_last_checkpoint_to_the_same_weights(tmp_path):
-    """2 steps (one epoch), then resume from checkpoints/last.ckpt/ for 2 more = a straight 4-step run."""
+    """2 steps (one epoch), then resume from checkpoints/last.ckpt/ for 2 more = a straight 4-step run.
+    CI resumes one-process runs bitwise (tests/runtime/test_resume.py) and writes sharded checkpoints
+    (test_slurm_script_trains_under_a_stand_in_srun)."""
     first, resumed, straight = tmp_path / "first", tmp_path / "resumed", tmp_path / "straight"
     _completed(train(*FSDP_SMALL, "trainer.max_epochs=1", run_dir=first), first, 2)
     last = first / "checkpoints" / "last.ckpt"
