@@ -203,8 +203,10 @@ DEMO = ["task.source.num_train_pairs=32", "task.source.num_val_pairs=8", "data.e
 
 
 def offline_env(**changes: str) -> dict[str, str]:
-    """This process's environment for a command: the hub offline, W&B offline without a key; `changes` on top."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_API_KEY": "", **changes}
+    """This process's environment for a command: the hub offline, W&B offline without a key, and under pytest-xdist
+    one thread per process (the workers share the machine's cores); `changes` on top."""
+    threads = {"OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_API_KEY": "", **threads, **changes}
 
 
 def train(
