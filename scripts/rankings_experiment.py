@@ -15,7 +15,7 @@
 Every run trains for the same wall-clock budget (`trainer.max_time`, data loading and the final validation
 excluded) on `task=sentiment` with K = 4 VADER-scored continuations per prompt. A step holds the same rankings in
 every method: 32 rankings, or (dpo_flattened) their 6 × 32 = 192 pairs, so dpo_all_pairs and dpo_flattened take
-identical steps (tests/test_rankings.py) and differ only in speed. A step whose output exists is skipped. `--quick`
+identical steps (tests/data/test_rankings.py) and differ only in speed. A step whose output exists is skipped. `--quick`
 is the reduced version the tests run: no SFT stage, tiny data, a 3-second budget.
 """
 

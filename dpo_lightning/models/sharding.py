@@ -43,7 +43,7 @@ from dpo_lightning.models.loading import transformer_blocks
 
 # Some units return views (GPT-2's and GPT-J's decoders reshape their hidden states); FSDP2 warns that an
 # in-place op on such a view would skip its backward hook. `token_logprobs` only indexes them out of place
-# (sharded gradients match one process for Llama in tests/test_parallel.py, and were checked for GPT-2,
+# (sharded gradients match one process for Llama in tests/runtime/test_parallel.py, and were checked for GPT-2,
 # GPT-J and GPT-NeoX too).
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
 
