@@ -27,7 +27,7 @@ import datasets
 import lightning as L
 import numpy as np
 import pyarrow.compute as pc
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from dpo_lightning.data.collate import LAYOUTS, Batch, Collate, Example, collate_function, placeholder_batch
@@ -194,16 +194,13 @@ class PreferenceDataModule(L.LightningDataModule):
         pairs = self.pairs[split]
         sampler = None
         if shuffle:
-            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            world_size = self.trainer.world_size if self.trainer else 1
             order = (
                 LengthGroupedSampler(_example_lengths(pairs), batch_size * world_size, seed=self.seed)
                 if self.group_by_length
                 else ShuffledSampler(len(pairs), seed=self.seed)
             )
-            sampler = ResumableSampler(order, num_replicas=world_size, rank=rank)
-            if resume is not None:
-                epoch, batches = resume
-                sampler.resume_at(epoch, batches * batch_size)
+            sampler = self.training_sampler(order, batch_size, resume)
         return DataLoader(
             pairs.with_format(None),
             batch_size=batch_size,
@@ -212,6 +209,17 @@ class PreferenceDataModule(L.LightningDataModule):
             collate_fn=partial(_collate_rows, collate=self.collate, example=self.preparer.example),
             persistent_workers=self.num_workers > 0,
         )
+
+    def training_sampler(
+        self, order: Sampler[int], batch_size: int, resume: tuple[int, int] | None
+    ) -> ResumableSampler:
+        """This rank's share of the epoch `order`, started after the `resume` point's (epoch, batches) if given."""
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = ResumableSampler(order, num_replicas=world_size, rank=rank)
+        if resume is not None:
+            epoch, batches = resume
+            sampler.resume_at(epoch, batches * batch_size)
+        return sampler
 
     def _stream(self, split: str, batch_size: int, shuffle: bool) -> EqualStepsLoader:
         dataset = StreamingPairs(

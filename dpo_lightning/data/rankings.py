@@ -9,6 +9,8 @@ A ranked source row holds `prompt`, `responses` [K] and `scores` [K] (see `sourc
                                reference implementation's choice for SHP and HH)
                  adjacent      each response against those of the next lower score level (K − 1 without ties)
                  best_vs_rest  the best-scored responses against every lower-scored one (K − 1 without ties)
+                 best_vs_worst the best-scored responses against the worst-scored ones (1 without ties; online
+                               and iterative DPO's usual pair of K samples)
 
 Tie policy: equal scores state no preference. Tied responses never form a pair, and the Plackett–Luce loss
 treats a tied group as unordered: the bottom group (the last rank, tied or not) adds nothing, since it comes
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
-RANKING_PAIRS: tuple[str, ...] = ("all", "adjacent", "best_vs_rest")  # `data.ranking_pairs` values
+RANKING_PAIRS: tuple[str, ...] = ("all", "adjacent", "best_vs_rest", "best_vs_worst")  # `data.ranking_pairs` values
 RANKINGS: tuple[str, ...] = ("whole", "pairs")  # `data.rankings` values: rankings batched whole, or as pairs
 
 
@@ -89,7 +91,9 @@ def ranking_pairs(ranks: Sequence[int], mode: str) -> list[tuple[int, int]]:
                 continue
             if mode == "adjacent" and ranks[worse] != next_level[ranks[better]]:
                 continue
-            if mode == "best_vs_rest" and ranks[better] != levels[0]:
+            if mode in ("best_vs_rest", "best_vs_worst") and ranks[better] != levels[0]:
+                continue
+            if mode == "best_vs_worst" and ranks[worse] != levels[-1]:
                 continue
             pairs.append((better, worse))
     return pairs

@@ -253,7 +253,7 @@ class PairTokenizer:
             return after_newline[len(self.newline_ids) :]
         return self._plain([text])[0]
 
-    def _prompts(self, prompts: list[Text]) -> list[tuple[list[int], int]]:
+    def prompt_ids(self, prompts: list[Text]) -> list[tuple[list[int], int]]:
         """Each prompt's ids and its protected suffix length: a prompt ending with `prompt_suffix` is encoded as
         body + suffix, so that the suffix's tokens do not depend on the text before it."""
         suffix = self.prompt_suffix
@@ -280,7 +280,7 @@ class PairTokenizer:
         return [
             truncate_pair(prompt_ids, [*chosen_ids, eos], [*rejected_ids, eos], protected_suffix=kept, **self.limits)
             for (prompt_ids, kept), chosen_ids, rejected_ids in zip(
-                self._prompts(prompts), self._encode(chosen), self._encode(rejected), strict=True
+                self.prompt_ids(prompts), self._encode(chosen), self._encode(rejected), strict=True
             )
         ]
 
@@ -291,7 +291,7 @@ class PairTokenizer:
         eos = self.tokenizer.eos_token_id
         encoded = iter(self._encode([text for texts in responses for text in texts]))  # all responses, one call
         out = []
-        for (prompt_ids, kept), texts, ranking_ranks in zip(self._prompts(prompts), responses, ranks, strict=True):
+        for (prompt_ids, kept), texts, ranking_ranks in zip(self.prompt_ids(prompts), responses, ranks, strict=True):
             response_ids = [[*next(encoded), eos] for _ in texts]
             prompt_ids, response_ids, cut = truncate(prompt_ids, response_ids, protected_suffix=kept, **self.limits)
             out.append((TokenizedRanking(prompt_ids, response_ids, list(ranking_ranks)), cut))

@@ -20,16 +20,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import WandbLogger
 
-from dpo_lightning.data.collate import collate_padded
 from dpo_lightning.data.streaming import all_ranks
 from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.eval.kl import kl_estimate, mean_and_standard_error
 from dpo_lightning.eval.rewards import Reward
-from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
-from dpo_lightning.models.logprobs import sequence_logprobs
+from dpo_lightning.eval.sampling import (
+    SamplingSettings,
+    completion_text,
+    sample_completions,
+    sample_logprobs,
+    truncated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +117,14 @@ class SampleEvaluation(L.Callback):
         prompt_ids = [pair.prompt_ids for pair in pairs]
         sample = dict(tokenizer=self.tokenizer, settings=self.settings, seed_offset=rank, synced_gpus=world > 1)
         policy_samples = sample_completions(pl_module.policy, prompt_ids, **sample)
-        policy_logps = self._logprobs(pl_module.policy, prompt_ids, policy_samples, pl_module.device)
+        scoring = dict(pad_token_id=self.tokenizer.pad_token_id, batch_size=self.settings.batch_size)
+        policy_logps = sample_logprobs(pl_module.policy, prompt_ids, policy_samples, **scoring)
         with pl_module.reference_model() as reference:
             reference_samples = reference_logps = None
             if reference is not None:
                 reference_samples = sample_completions(reference, prompt_ids, **sample)
                 if self.kl:
-                    reference_logps = self._logprobs(reference, prompt_ids, policy_samples, pl_module.device)
+                    reference_logps = sample_logprobs(reference, prompt_ids, policy_samples, **scoring)
 
         rows = []
         for k, pair in enumerate(pairs[: len(indices)]):
@@ -147,27 +151,6 @@ class SampleEvaluation(L.Callback):
                 for row, score in zip(rows, scores, strict=True):
                     row[f"{column}_reward"] = score
         return rows
-
-    @torch.no_grad()
-    def _logprobs(
-        self, model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]], device: torch.device
-    ) -> torch.Tensor:
-        """[B] summed log-probs of `completions` after `prompts` under `model`, as training sums responses."""
-        sums = []
-        for start in range(0, len(prompts), self.settings.batch_size):
-            chunk = [
-                TokenizedPair(prompt, completion, completion)
-                for prompt, completion in zip(
-                    prompts[start : start + self.settings.batch_size],
-                    completions[start : start + self.settings.batch_size],
-                    strict=True,
-                )
-            ]
-            batch = collate_padded(chunk, self.tokenizer.pad_token_id)
-            batch = move_data_to_device(batch, device)
-            logps, _ = sequence_logprobs(model, batch)  # [2b]: the completion twice
-            sums.append(logps[: len(chunk)].float().cpu())
-        return torch.cat(sums)
 
     def _metrics(self, rows: list[dict[str, Any]], step: int) -> dict[str, float]:
         """val/reward (± its standard error) of the policy samples, val/reference_reward, val/kl (± error),

@@ -23,7 +23,6 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_lightning.data.prompts import task_prompts
 from dpo_lightning.data.sources.base import SPLITS
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings
 from dpo_lightning.errors import ConfigError, DataError
@@ -44,31 +44,6 @@ from dpo_lightning.models.reference_cache import weights_fingerprint
 
 log = logging.getLogger(__name__)
 PROVENANCE_KEY = b"dpo_lightning.provenance"  # Parquet schema-metadata key of the provenance JSON
-
-
-def task_prompts(source: Any, split: str, skipped: Counter[str] | None = None) -> Iterator[str]:
-    """The text prompts of a task split, distinct, in data order: a prompt source's own `prompts(split)`
-    (`task=imdb`), or the prompts of a preference source's usable rows — a row the source marks unusable (a
-    malformed line, a row its recipe filters out, …) is left out and counted per problem in `skipped`."""
-    if hasattr(source, "prompts"):
-        prompts: Iterator[Any] = source.prompts(split)
-    else:
-        prompts = _usable_prompts(source.load(split, streaming=True), skipped if skipped is not None else Counter())
-    seen: set[str] = set()
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise ConfigError("task", "pair generation takes text prompts; this task's prompts are conversations")
-        if prompt not in seen:
-            seen.add(prompt)
-            yield prompt
-
-
-def _usable_prompts(rows: Iterable[dict[str, Any]], skipped: Counter[str]) -> Iterator[Any]:
-    for row in rows:
-        if row["problem"]:
-            skipped[row["problem"]] += 1
-        else:
-            yield row["prompt"]
 
 
 def best_and_worst(scores: list[float], min_margin: float) -> tuple[int, int] | None:

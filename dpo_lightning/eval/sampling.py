@@ -6,6 +6,12 @@ A completion is the generated ids up to and including the first EOS (as training
 `max_new_tokens` ids if no EOS came (a truncated sample: `truncated`). Sampling is seeded: the same prompts, weights
 and seed give the same completions, so validations at different steps differ only through the weights.
 
+K samples of each prompt (`num_samples`, rollouts and Best-of-N) share the prompt's computation: the prompt's
+first T − 1 tokens go through the model once, their key/value cache is repeated K times, and generation starts from
+the last prompt token of each of the B·K rows (`DynamicCache.batch_repeat_interleave`); without the shared prefill
+(`share_prompt=False`) each of the B·K rows recomputes its prompt. Both draw the same samples (the same B·K-row
+sampling steps from the same seed), the shared one with K − 1 fewer prompt forwards.
+
 Samples are of π itself (at temperature 1, top_p 1): generation runs on a `GenerationConfig` that holds only the
 settings below. The model's own `generation_config` — which hub models ship with `repetition_penalty`,
 `no_repeat_ngram_size`, `min_new_tokens`, `suppress_tokens`, bad-words lists … — is set aside for the call, since
@@ -19,9 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from dpo_lightning.data.collate import collate_padded
+from dpo_lightning.data.tokenize import TokenizedPair
 from dpo_lightning.errors import ConfigError
+from dpo_lightning.models.logprobs import sequence_logprobs
 
 
 @dataclass(frozen=True)
@@ -68,11 +77,15 @@ class ValidationSamples(SamplingSettings):
         return SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.batch_size, self.seed)
 
 
-def generation_config(settings: SamplingSettings, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+def generation_config(
+    settings: SamplingSettings, tokenizer: PreTrainedTokenizerBase, use_cache: bool = True
+) -> GenerationConfig:
     """A generation config with our settings only: ancestral sampling from softmax(logits / temperature), nucleus
-    `top_p` (1: off), no top-k, no penalty or other logits processor; greedy decoding at temperature 0."""
+    `top_p` (1: off), no top-k, no penalty or other logits processor; greedy decoding at temperature 0.
+    `use_cache=False` recomputes every earlier token at each step (only to measure what the KV cache saves)."""
     sampling = settings.temperature > 0
     return GenerationConfig(
+        use_cache=use_cache,
         do_sample=sampling,
         temperature=settings.temperature if sampling else None,
         top_p=settings.top_p if sampling else None,
@@ -128,24 +141,31 @@ def sample_completions(
     settings: SamplingSettings,
     seed_offset: int = 0,
     synced_gpus: bool = False,
+    num_samples: int = 1,
+    share_prompt: bool = True,
+    use_cache: bool = True,
 ) -> list[list[int]]:
-    """One completion per prompt: [B] lists of token ids (each ≥ 1 token), in prompt order.
+    """`num_samples` completions per prompt: [B·K] lists of token ids (each ≥ 1 token), prompt-major (prompt b's
+    samples are b·K … b·K + K − 1).
 
     Args:
         model: a causal LM; put in eval mode for the call and restored after.
         prompts: [B] prompt token ids.
         tokenizer: gives the pad and EOS ids.
-        settings: temperature, top_p, max_new_tokens, batch size, seed: the only generation settings used (the
-            model's own `generation_config` is set aside for the call).
+        settings: temperature, top_p, max_new_tokens, batch size (prompts per generate call), seed: the only
+            generation settings used (the model's own `generation_config` is set aside for the call).
         seed_offset: added to `settings.seed` (e.g. the process rank, so ranks draw independently).
         synced_gpus: keep generating until every process is done (sharded models: every forward is a
             collective, so all ranks must run the same number of them).
+        num_samples: K samples of each prompt.
+        share_prompt: with K > 1, compute each prompt once for its K samples (module docstring).
+        use_cache: False: no KV cache at all (every step recomputes the whole sequence; benchmarks only).
     """
     training = model.training
     model.train(False)
     device = next(model.parameters()).device
     completions: list[list[int]] = []
-    config = generation_config(settings, tokenizer)
+    config = generation_config(settings, tokenizer, use_cache)
     try:
         with (
             torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
@@ -154,13 +174,60 @@ def sample_completions(
             torch.manual_seed(settings.seed + seed_offset)
             for start in range(0, len(prompts), settings.batch_size):
                 chunk = prompts[start : start + settings.batch_size]
-                inputs = _left_padded(chunk, tokenizer.pad_token_id, device)
-                output = model.generate(**inputs, generation_config=config, synced_gpus=synced_gpus)  # [b, T + new]
+                inputs = _left_padded(chunk, tokenizer.pad_token_id, device)  # [b, T]
+                if num_samples > 1 and share_prompt and use_cache and inputs["input_ids"].shape[1] > 1:
+                    inputs["cache"] = _shared_prefill(model, inputs, num_samples)
+                inputs = {
+                    name: value.repeat_interleave(num_samples, dim=0) if name != "cache" else value
+                    for name, value in inputs.items()
+                }  # [b·K, T]
+                output = model.generate(**inputs, generation_config=config, synced_gpus=synced_gpus)  # [b·K, T + new]
                 generated = output[:, inputs["input_ids"].shape[1] :].tolist()
                 completions += [_until_eos(ids, tokenizer.eos_token_id) for ids in generated]
     finally:
         model.train(training)
     return completions
+
+
+def _shared_prefill(model: PreTrainedModel, inputs: dict[str, torch.Tensor], num_samples: int) -> DynamicCache:
+    """The KV cache of the [b, T] left-padded prompts' first T − 1 columns, computed once and repeated K times
+    along the batch ([b·K] rows, prompt-major): `generate` then feeds only each row's last prompt token."""
+    mask = inputs["attention_mask"]  # [b, T]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers left-padded rows
+    cache = DynamicCache(config=model.config)
+    model(
+        input_ids=inputs["input_ids"][:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        cache=cache,
+        use_cache=True,
+    )
+    cache.batch_repeat_interleave(num_samples)
+    return cache
+
+
+@torch.no_grad()
+def sample_logprobs(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_token_id: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """[B] fp32 summed log-probs of `completions` [B] after `prompts` [B] under `model`, summed over the completion's
+    tokens (EOS included) exactly as training sums a response's; `batch_size` completions per forward."""
+    device = next(model.parameters()).device
+    sums = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [
+            TokenizedPair(prompt, completion, completion)
+            for prompt, completion in zip(
+                prompts[start : start + batch_size], completions[start : start + batch_size], strict=True
+            )
+        ]
+        logps, _ = sequence_logprobs(model, collate_padded(chunk, pad_token_id).to(device))  # [2b]: each twice
+        sums.append(logps[: len(chunk)].float().cpu())
+    return torch.cat(sums)
 
 
 def completion_text(tokenizer: PreTrainedTokenizerBase, prompt: list[int], completion: list[int]) -> tuple[str, str]:

@@ -12,7 +12,10 @@ from dpo_lightning.eval.sampling import ValidationSamples
 from dpo_lightning.instantiate import build, settings
 from dpo_lightning.models.loading import check_model_config
 from dpo_lightning.models.reference import ReferenceStrategy
+from dpo_lightning.online.settings import online_settings
 from dpo_lightning.runtime.trainer import check_trainer_config
+
+ALGORITHMS = ("offline", "online")  # `algorithm` options run by `run()`
 
 
 def _require(condition: bool, key: str, problem: str) -> None:
@@ -31,6 +34,13 @@ def validate_config(cfg: DictConfig) -> None:
         "set either resume (continue a run in its folder) or ckpt_path (start from a checkpoint), not both",
     )
     check_task_config(cfg.task)
+    _require(
+        cfg.algorithm.get("name") in ALGORITHMS,
+        "algorithm.name",
+        f"must be one of {', '.join(ALGORITHMS)}, got {cfg.algorithm.get('name')!r}",
+    )
+    if cfg.algorithm.name == "online":
+        online_settings(cfg)
     data = cfg.data
     check_batching(
         data.batch_size,

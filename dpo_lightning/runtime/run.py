@@ -2,6 +2,7 @@
 
 conf ──► validate_config ──► source ─► PreferenceDataModule ─► DPOLitModule ─► Trainer.fit
                                                                               └─► policy/, summary.json
+           algorithm=online:            PromptDataModule    ─► OnlineDPOModule (rollouts + labeller)
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
+from dpo_lightning.data.collate import collate_function
 from dpo_lightning.data.datamodule import PreferenceDataModule
+from dpo_lightning.data.prompts import PromptDataModule
 from dpo_lightning.data.sources.base import is_ranked
 from dpo_lightning.data.tokenize import TokenizeSettings
 from dpo_lightning.eval.callback import SampleEvaluation
@@ -26,6 +29,9 @@ from dpo_lightning.models.loading import check_loadable, load_tokenizer
 from dpo_lightning.models.reference import Precomputed
 from dpo_lightning.models.reference_cache import precompute_reference
 from dpo_lightning.models.sharding import full_state_dict
+from dpo_lightning.online.module import OnlineDPOModule, rollout_report
+from dpo_lightning.online.rollouts import Rollouts
+from dpo_lightning.online.settings import online_settings
 from dpo_lightning.runtime.checks import check_rankings, validate_config
 from dpo_lightning.runtime.console import print_config_tree, progress_bar, save_resolved_config
 from dpo_lightning.runtime.export import export_policy, write_model_card
@@ -45,12 +51,12 @@ def _plain(node: DictConfig) -> dict[str, Any]:
 
 def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceDataModule:
     """The task's source (`task.source`, built by its `_target_`) wrapped in a PreferenceDataModule with the
-    task's tokenization settings (`task.tokenize`) and the `data` batching."""
+    task's tokenization settings (`task.tokenize`) and the `data` batching; an online run's is a PromptDataModule
+    (training prompts; its rollouts are cut to fit `task.tokenize` beside them)."""
     task = cfg.task
-    return PreferenceDataModule(
-        build(task.source, "task.source"),
-        tokenizer,
-        tokenize=settings(TokenizeSettings, task.tokenize, "task.tokenize"),
+    tokenize = settings(TokenizeSettings, task.tokenize, "task.tokenize")
+    options = dict(
+        tokenize=tokenize,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
@@ -64,6 +70,38 @@ def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         shuffle_buffer=task.shuffle_buffer,
         seed=cfg.seed,
     )
+    source = build(task.source, "task.source")
+    if cfg.algorithm.name == "online":
+        online = online_settings(cfg)
+        max_new_tokens = online.rollout_sampling(tokenize).max_new_tokens
+        return PromptDataModule(
+            source, tokenizer, max_new_tokens=max_new_tokens, max_prompts=online.max_prompts, **options
+        )
+    return PreferenceDataModule(source, tokenizer, **options)
+
+
+def build_module(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, kl_reference: bool) -> DPOLitModule:
+    """The LightningModule of `algorithm`: DPOLitModule (offline), OnlineDPOModule (online: its rollouts' sampler
+    and labeller built here, so a labeller that cannot load stops the run before training)."""
+    trained = dict(
+        model=_plain(cfg.model),
+        loss=_plain(cfg.loss),
+        optimizer=_plain(cfg.optimizer),
+        reference=_plain(cfg.reference),
+        kl_reference=kl_reference,
+    )
+    if cfg.algorithm.name != "online":
+        return DPOLitModule(**trained)
+    online = online_settings(cfg)
+    rollouts = Rollouts(
+        tokenizer,
+        online.rollout_sampling(settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize")),
+        online.samples_per_prompt,
+        build(cfg.algorithm.labeller, "algorithm.labeller"),
+        online.skip_bad_samples,
+    )
+    collate = collate_function(cfg.data.layout, tokenizer.pad_token_id, cfg.data.packing_max_tokens, online.pairs)
+    return OnlineDPOModule(rollouts=rollouts, collate=collate, **trained)
 
 
 def build_sample_evaluation(
@@ -131,13 +169,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
         datamodule = build_datamodule(cfg, tokenizer)
         check_rankings(cfg, is_ranked(datamodule.source))
         sample_evaluation = build_sample_evaluation(cfg, tokenizer, output_dir)
-        module = DPOLitModule(
-            model=_plain(cfg.model),
-            loss=_plain(cfg.loss),
-            optimizer=_plain(cfg.optimizer),
-            reference=_plain(cfg.reference),
-            kl_reference=sample_evaluation is not None and sample_evaluation.kl,
-        )
+        module = build_module(cfg, tokenizer, kl_reference=sample_evaluation is not None and sample_evaluation.kl)
         throughput = Throughput()
         trainer = build_trainer(cfg, output_dir, [throughput, *filter(None, [sample_evaluation, bar])])
         with redacted_argv():  # W&B starts its run here and records the command line
@@ -153,6 +185,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
         trainer.validate(module, datamodule=datamodule, verbose=False)
         summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report())
+        if isinstance(module, OnlineDPOModule):  # every rank's sample counts, summed
+            summary.update(rollouts=rollout_report(module))
         policy_state = full_state_dict(module.policy)  # trainer=fsdp: gathered from the shards (every rank)
         if trainer.is_global_zero:
             exported = module.strategy.exported(module.policy)  # reference=lora: merged, or the adapters only

@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from transformers import PreTrainedModel
 
 from dpo_lightning.data.collate import Batch
@@ -33,6 +32,7 @@ from dpo_lightning.models.logprobs import check_supported, sum_per_sequence, tok
 from dpo_lightning.models.reference import FrozenCopy, FrozenReference, Reference, ReferenceStrategy
 from dpo_lightning.models.sharding import shard_causal_lm
 from dpo_lightning.training.metrics import Mean, preference_metrics, ranking_metrics
+from dpo_lightning.training.optim import optimizer_with_warmup
 
 REFERENCE_PREFIX = "reference."  # state-dict keys of the frozen reference, kept out of checkpoints
 KL_REFERENCE_PREFIX = "kl_reference."  # state-dict keys of the evaluation-only copy, kept out too
@@ -119,6 +119,7 @@ class DPOLitModule(L.LightningModule):
         self._initial_policy_given = given_model is not None
         self.reference: Reference | None = None
         self.kl_reference: Reference | None = None  # evaluation only; None: `self.reference` serves
+        self.trained_batch: Batch | None = None  # the latest training batch the policy saw
         self.on_validation_epoch_start()  # the validation metric totals
 
     def configure_model(self) -> None:
@@ -164,6 +165,8 @@ class DPOLitModule(L.LightningModule):
 
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
         batch = batch_for(self.policy, batch)
+        if stage == "train":
+            self.trained_batch = batch  # what `Throughput` counts
         token_logps = token_logprobs(self.policy, batch, lean=self.model_settings.get("lean_logprobs", True))  # [N]
         policy_sums = sum_per_sequence(token_logps, batch)  # [S] log-probs, [S] token counts
         reference_sums = self.reference.logprobs(batch) if self.reference is not None else None  # [S], [S]
@@ -224,12 +227,7 @@ class DPOLitModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         """The configured optimizer over trainable policy parameters only, with linear warm-up
         `lr · min(1, (step + 1) / (warmup_steps + 1))` as in the reference implementation."""
-        options = dict(self.optimizer_config)
-        warmup_steps = options.pop("warmup_steps")
-        parameters = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = instantiate(options, params=parameters)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer_with_warmup(self.optimizer_config, (p for p in self.policy.parameters() if p.requires_grad))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the frozen reference out of checkpoints: it is rebuilt from its source on load — unless its

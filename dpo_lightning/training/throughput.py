@@ -18,7 +18,9 @@ class Throughput(L.Callback):
     validation excluded). Rates are per-device rates × world size; tokens are `Batch.num_tokens`, the non-padding
     tokens the batch feeds the model (a prompt counts once per row that computes it: twice in the padded layout,
     once in the prefix-shared and packed ones), so compare layouts by pairs/s. The first step (warm-up: allocation,
-    lazy initialisation) is left out of the run totals when there is more than one.
+    lazy initialisation) is left out of the run totals when there is more than one. The batch counted is the one the
+    module trained on (`trained_batch`, where it has one: an on-policy step builds it from its rollouts, whose
+    sampling time is part of the step).
     """
 
     def __init__(self) -> None:
@@ -34,6 +36,7 @@ class Throughput(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: Batch, batch_idx: int
     ) -> None:
         seconds = time.perf_counter() - self._start
+        batch = getattr(pl_module, "trained_batch", None) or batch  # what the model trained on (on-policy: rollouts)
         if batch.placeholder:  # no data on this rank (end of a stream): not throughput
             return
         pairs, rankings = batch.pair_index.shape[1], batch.num_pairs if batch.ranked else 0

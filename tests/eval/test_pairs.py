@@ -17,10 +17,11 @@ from omegaconf import OmegaConf
 
 from dpo_lightning.cli import pairs as pairs_command
 from dpo_lightning.conf import CONF_DIR
+from dpo_lightning.data.prompts import task_prompts
 from dpo_lightning.data.sources.local import LocalSource
 from dpo_lightning.data.sources.sentiment import generate_sentiment_pairs
 from dpo_lightning.errors import ConfigError
-from dpo_lightning.eval.pairs import best_and_worst, check_pairs_config, task_prompts
+from dpo_lightning.eval.pairs import best_and_worst, check_pairs_config
 from dpo_lightning.eval.rewards import VaderReward, sentiment_reward
 from dpo_lightning.eval.sampling import SamplingSettings
 from dpo_lightning.instantiate import build

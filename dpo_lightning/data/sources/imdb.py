@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,17 +53,23 @@ class IMDbPrompts(HubSource):
     def parse(self, row: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError("IMDbPrompts holds prompts only; see prompts()")
 
-    def prompts(self, split: str) -> Iterator[str]:
-        """The prompts of `split`, in dataset order, read lazily (a stream: only what is used is read)."""
+    def prompts(self, split: str, skipped: Counter[str] | None = None) -> Iterator[str]:
+        """The prompts of `split`, in dataset order, read lazily (a stream: only what is used is read). A bad row
+        raises a DataError naming it, or, given a `skipped` counter, is counted there by its problem."""
         origin = self.origin(split)
         self.check_columns(rows := self.read(split, streaming=True), origin)
         for index, row in enumerate(map(decode_json_columns, rows)):
             if row.get(UNREADABLE):  # a stand-in for an unreadable line (files.py): no prompt to make
-                raise DataError(row[UNREADABLE_ERROR])
+                if skipped is None:
+                    raise DataError(row[UNREADABLE_ERROR])
+                skipped[row[UNREADABLE]] += 1
+                continue
             try:
                 yield self.prefix(as_text(row["text"], "text"), index)
             except RowProblem as problem:
-                raise DataError(f"{origin}: row {index}: {problem}") from None
+                if skipped is None:
+                    raise DataError(f"{origin}: row {index}: {problem}") from None
+                skipped[str(problem)] += 1
 
     def load(self, split: str, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
         raise ConfigError(

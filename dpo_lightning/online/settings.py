@@ -1,0 +1,80 @@
+"""The `algorithm=online` settings (`conf/algorithm/online.yaml`), checked before any model loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dpo_lightning.data.rankings import RANKING_PAIRS
+from dpo_lightning.data.tokenize import TokenizeSettings
+from dpo_lightning.errors import ConfigError
+from dpo_lightning.eval.sampling import SamplingSettings
+from dpo_lightning.instantiate import settings
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    """How rollouts are drawn and turned into training examples (each field is a key of `algorithm`).
+
+    `sampling` holds SamplingSettings' keys; its `max_new_tokens: null` means the task's response budget
+    (`task.tokenize.max_length − max_prompt_length`): see `rollout_sampling`.
+    """
+
+    name: str = "online"
+    samples_per_prompt: int = 4
+    pairs: str = "best_vs_worst"
+    skip_bad_samples: bool = True
+    max_prompts: int | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    labeller: Any = None  # the labeller's config node (built by its _target_)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.samples_per_prompt, int) and self.samples_per_prompt >= 2):
+            raise ConfigError(
+                "algorithm.samples_per_prompt", f"must be an integer ≥ 2, got {self.samples_per_prompt!r}"
+            )
+        if self.pairs not in RANKING_PAIRS:
+            raise ConfigError("algorithm.pairs", f"must be one of {', '.join(RANKING_PAIRS)}, got {self.pairs!r}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError("algorithm.max_prompts", f"must be null or ≥ 1, got {self.max_prompts}")
+
+    def rollout_sampling(self, tokenize: TokenizeSettings) -> SamplingSettings:
+        """The rollouts' SamplingSettings, `max_new_tokens` defaulting to the task's response budget; a mistake is
+        named by its `algorithm.sampling` key."""
+        values = dict(self.sampling)
+        if values.get("max_new_tokens") is None:
+            values["max_new_tokens"] = tokenize.max_length - tokenize.max_prompt_length
+        try:
+            return SamplingSettings(**values)
+        except ConfigError as error:
+            raise ConfigError(
+                error.key.replace("samples.", "algorithm.sampling.", 1), str(error).split(": ", 1)[1]
+            ) from None
+        except TypeError as error:
+            raise ConfigError("algorithm.sampling", str(error)) from None
+
+
+def online_settings(cfg: DictConfig) -> OnlineSettings:
+    """The checked `algorithm` settings of an online run, and how they meet the rest of the config: the reference
+    must be a model that exists during training (not `precomputed`, whose table holds only the dataset's
+    responses), and the default labeller needs a task reward."""
+    online: OnlineSettings = settings(OnlineSettings, cfg.algorithm, "algorithm")
+    online.rollout_sampling(settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize"))
+    if cfg.reference.get("_target_", "").endswith(".Precomputed"):
+        raise ConfigError(
+            "reference",
+            "precomputed caches reference log-probs of a fixed dataset; online samples are new at every step — use "
+            "reference=model, lora or sync",
+        )
+    labeller = cfg.algorithm.get("labeller")
+    if not labeller or "_target_" not in labeller:
+        raise ConfigError("algorithm.labeller", "required: labeller@algorithm.labeller=reward | reward_model | judge")
+    if "reward" in labeller and not labeller.reward:
+        raise ConfigError(
+            "algorithm.labeller",
+            "ranks samples by the task's reward, and this task has none: set reward@task.reward=vader|classifier, or "
+            "labeller@algorithm.labeller=reward_model|judge",
+        )
+    return online
