@@ -341,31 +341,37 @@ def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
     return config
 
 
-def build_model(model: Mapping[str, Any]) -> PreTrainedModel:
+def build_model(
+    model: Mapping[str, Any], auto_class: type = AutoModelForCausalLM, **config_overrides: Any
+) -> PreTrainedModel:
     """Load pretrained weights, or build the seeded random-init model described by `architecture`/`config`;
     dropout off when `model.disable_dropout`, per-block activation checkpointing when
-    `model.activation_checkpointing`."""
+    `model.activation_checkpointing`.
+
+    `auto_class` and `config_overrides`: the same body under another head, e.g. a reward model's
+    `AutoModelForSequenceClassification` with `num_labels=1` (pretrained weights: the new head is initialised; the
+    random-init model: the same seeded body as the causal LM's, since the head is initialised after it)."""
     dtype = DTYPES[model["dtype"]]
     options = {"attn_implementation": model["attn_implementation"], "trust_remote_code": model["trust_remote_code"]}
     key, source = _weights_key(model)
     if source is not None:
         where = locate_weights(key, source, model["trust_remote_code"])
         try:
-            config = AutoConfig.from_pretrained(where, **options)
+            config = AutoConfig.from_pretrained(where, **options, **config_overrides)
             if model["disable_dropout"]:
                 config = without_dropout(config)
-            built = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype, **options)
+            built = auto_class.from_pretrained(where, config=config, dtype=dtype, **options)
         except ConfigError:
             raise
         except (OSError, ValueError, ImportError) as error:  # bad files, a download cut off, a missing library
             raise ConfigError(key, f"cannot load {source!r}: {_first_line(error)}") from error
     else:
-        config = AutoConfig.for_model(model["architecture"], **model["config"], **options)
+        config = AutoConfig.for_model(model["architecture"], **{**model["config"], **config_overrides}, **options)
         if model["disable_dropout"]:
             config = without_dropout(config)
         with torch.random.fork_rng(devices=[]):  # same weights for the same init_seed, whatever the global seed
             torch.manual_seed(model["init_seed"])
-            built = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model["trust_remote_code"])
+            built = auto_class.from_config(config, dtype=dtype, trust_remote_code=model["trust_remote_code"])
     if model.get("activation_checkpointing", False):
         enable_activation_checkpointing(built)
     return built
