@@ -47,10 +47,13 @@ class OnlineDPOModule(DPOLitModule):
         self.rollout_reasons: Counter[str] = Counter()  # why labels failed
 
     def training_step(self, batch: Prompts, batch_idx: int) -> torch.Tensor:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        rollout = self.rollouts(
-            self.policy, batch.ids, seed_offset=self.global_step * world + rank, synced_gpus=world > 1
+        world, rank, accumulate = (
+            self.trainer.world_size,
+            self.trainer.global_rank,
+            self.trainer.accumulate_grad_batches,
         )
+        draw = self.global_step * accumulate + batch_idx % accumulate  # this rank's micro-batch number in the run
+        rollout = self.rollouts(self.policy, batch.ids, seed_offset=draw * world + rank, synced_gpus=world > 1)
         self.rollout_counts.update(rollout.counts)
         self.rollout_reasons.update(rollout.reasons)
         trained = self._rollout_batch(rollout.rankings).to(self.device)

@@ -19,9 +19,10 @@ What becomes of each sample is counted (`Rollout.counts`), never silent:
 
 `skip_bad_samples=False` turns the first empty or unscored sample into a one-line RunError instead of a count.
 
-Randomness is counter-based: the draws of a step come from the seed `sampling.seed + step × W + rank` (W ranks),
-so a run resumed from the checkpoint of step t samples at step t + 1 exactly what the uninterrupted run did — the
-sampler's whole state is the step counter the checkpoint already holds.
+Randomness is counter-based: micro-batch m (= optimizer step × accumulate_grad_batches + its place in the step) of
+rank r draws with the seed `sampling.seed + m × W + r` (W ranks), so a run resumed from the checkpoint of step t
+samples afterwards exactly what the uninterrupted run did — the sampler's whole state is the step counter that the
+checkpoint already holds.
 """
 
 from __future__ import annotations

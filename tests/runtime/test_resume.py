@@ -228,6 +228,23 @@ def test_streaming_and_ddp_runs_resume_bitwise_equal(overrides, signal_number, t
     assert all(torch.equal(resumed[name], whole[name]) for name in whole)
 
 
+ONLINE = ["algorithm=online", "algorithm.samples_per_prompt=2", "algorithm.sampling.max_new_tokens=8"]
+
+
+def test_an_online_run_killed_and_resumed_ends_bitwise_equal_with_the_same_rollouts(tmp_path):
+    """Rollouts are drawn again after a resume: the same samples (draw numbers follow the restored step), labels
+    and weights as the uninterrupted run; two micro-batches a step (RUN), so the draw numbers are per micro-batch."""
+    (tmp_path / "whole").mkdir()
+    whole = _uninterrupted(tmp_path / "whole", *ONLINE)
+    step = random.randint(2, 4)
+    folder = _interrupt_at(tmp_path, step, signal.SIGKILL, *ONLINE)
+    _finish(_start(tmp_path, *ONLINE, "resume=auto"))
+    resumed = _weights(folder)
+    assert all(torch.equal(resumed[name], whole[name]) for name in whole), f"differs after resuming from step {step}"
+    (whole_folder,) = (tmp_path / "whole").glob("outputs/*/*")
+    assert read_summary(folder)["rollouts"] == read_summary(whole_folder)["rollouts"]
+
+
 # --- divergence -----------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,83 @@
+"""Labellers: scores from a reward, a judge's round robin by hand, and every failure counted, never dropped."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+from helpers import FakeChatServer
+
+from dpo_lightning.eval.judges import Judge, LLMJudge, Verdict
+from dpo_lightning.eval.rewards import Reward, VaderReward, sentiment_reward
+from dpo_lightning.online.labellers import JudgeLabeller, RewardLabeller
+
+
+class LengthReward(Reward):
+    """r = the completion's length; NaN for a completion that says "nan"."""
+
+    def __call__(self, prompts, completions):
+        return [math.nan if c == "nan" else float(len(c)) for c in completions]
+
+
+def test_a_reward_labeller_scores_each_sample_and_counts_non_finite_rewards():
+    labels = RewardLabeller(LengthReward()).label(["p", "q"], [["a", "bbb", "nan"], ["cc", "d", "eeee"]])
+    assert labels.scores == [[1.0, 3.0, None], [2.0, 1.0, 4.0]]
+    assert labels.counts == {"failed_scores": 1}
+    assert labels.reasons == {"non-finite reward": 1}
+
+
+def test_the_vader_labeller_scores_prompt_and_completion_together():
+    prompts, samples = ["The film was"], [[" wonderful and moving.", " dull and awful."]]
+    labels = RewardLabeller(VaderReward()).label(prompts, samples)
+    assert labels.scores == [[sentiment_reward(prompts[0], sample) for sample in samples[0]]]
+    assert labels.scores[0][0] > labels.scores[0][1]
+
+
+class ScriptedJudge(Judge):
+    """Decides by a table of (first, second) → outcome; records the comparisons it was asked."""
+
+    def __init__(self, table):
+        self.table, self.asked = table, []
+
+    def compare(self, prompt, first, second):
+        self.asked.append((prompt, first, second))
+        return Verdict(*self.table[(first, second)])
+
+
+def test_a_judge_labeller_scores_each_sample_by_its_share_of_wins_in_the_round_robin():
+    table = {
+        ("a", "b"): ("first",),
+        ("a", "c"): ("tie",),
+        ("b", "c"): ("failed", "timeout after 30 s"),
+        ("x", "y"): ("second",),
+    }
+    judge = ScriptedJudge(table)
+    labels = JudgeLabeller(judge).label(["p", "q"], [["a", "b", "c"], ["x", "y"]])
+    # a: won vs b, tied vs c → 1.5 / 2; b: lost vs a, (vs c failed) → 0 / 1; c: tied vs a → 0.5 / 1
+    assert labels.scores == [[0.75, 0.0, 0.5], [0.0, 1.0]]
+    assert labels.counts == {"failed_judgements": 1, "tied_judgements": 1}
+    assert labels.reasons == {"timeout after 30 s": 1}
+    assert sorted(judge.asked) == sorted(
+        [("p", f, s) for f, s in combinations("abc", 2)] + [("q", "x", "y")]
+    )  # every two samples of a prompt, once
+
+
+def test_a_sample_with_no_judged_comparison_has_no_score():
+    judge = ScriptedJudge({("a", "b"): ("failed", "HTTP 500")})
+    labels = JudgeLabeller(judge).label(["p"], [["a", "b"]])
+    assert labels.scores == [[None, None]]
+    assert labels.counts == {"failed_judgements": 1}
+
+
+def test_an_llm_judge_that_times_out_or_answers_garbage_gives_counted_failures_not_scores():
+    prompts = ["Say something"]
+    samples = [["GOOD answer", "bad answer", "another bad one"]]
+    # three comparisons: one answered, one garbage, one too slow for the timeout (no retry)
+    with FakeChatServer(modes=["answer", "garbage", "slow"]) as server:
+        judge = LLMJudge(server.url, "m", api_key_env=None, timeout_s=0.3, max_retries=0, concurrency=1)
+        labels = JudgeLabeller(judge).label(prompts, samples)
+        judge.close()
+    assert labels.counts["failed_judgements"] == 2
+    assert labels.reasons == {"answer has no final A or B": 1, "timeout after 0.3 s": 1}
+    scored = [score for score in labels.scores[0] if score is not None]
+    assert labels.scores[0][0] == 1.0 and len(scored) == 2  # GOOD won its one judged comparison
