@@ -8,6 +8,7 @@ import random
 import lightning as L
 import pytest
 import torch
+from tokenizers.processors import TemplateProcessing
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification
 
@@ -200,7 +201,18 @@ def test_a_short_run_learns_to_prefer_the_marked_responses():
     module = RewardModelModule("tiny", optimizer={"lr": 1e-3})
     evaluator = L.Trainer(accelerator="cpu", **QUIET)
     before = evaluator.validate(module, datamodule=data, verbose=False)[0]
-    L.Trainer(accelerator="cpu", max_steps=32, limit_val_batches=0, **QUIET).fit(module, datamodule=data)
+    L.Trainer(accelerator="cpu", max_steps=24, limit_val_batches=0, **QUIET).fit(module, datamodule=data)
     after = evaluator.validate(module, datamodule=data, verbose=False)[0]
     assert after["val/accuracy"] >= 0.9 and after["val/accuracy"] > before["val/accuracy"] + 0.2
     assert after["val/loss"] < before["val/loss"] and after["val/margin"] > 0
+
+
+def test_export_warns_about_a_tokenizer_that_adds_tokens_training_never_saw(module, tmp_path, caplog):
+    tokenizer = load_tokenizer(model_config("tiny"))
+    module.export(tmp_path / "plain", tokenizer)
+    assert "adds special tokens" not in caplog.text  # the tiny tokenizer adds none
+    bos = TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", 0)])  # as Llama's tokenizer does
+    tokenizer.backend_tokenizer.post_processor = bos
+    assert tokenizer("x")["input_ids"][0] == 0
+    module.export(tmp_path / "with_bos", tokenizer)
+    assert "adds special tokens ['<|bos|>']" in caplog.text
