@@ -15,7 +15,7 @@ from dpo_lightning.models.reference import ReferenceStrategy
 from dpo_lightning.online.settings import online_settings
 from dpo_lightning.runtime.trainer import check_trainer_config
 
-ALGORITHMS = ("offline", "online")  # `algorithm` options run by `run()`
+ALGORITHMS = ("offline", "online", "reward_model")  # `algorithm` options run by `run()`
 
 
 def _require(condition: bool, key: str, problem: str) -> None:
@@ -41,6 +41,12 @@ def validate_config(cfg: DictConfig) -> None:
     )
     if cfg.algorithm.name == "online":
         online_settings(cfg)
+    if cfg.algorithm.name == "reward_model":
+        _require(
+            cfg.algorithm.center_coefficient >= 0,
+            "algorithm.center_coefficient",
+            f"must be ≥ 0, got {cfg.algorithm.center_coefficient}",
+        )
     data = cfg.data
     check_batching(
         data.batch_size,

@@ -17,7 +17,14 @@ from dpo_lightning.data.sources.base import HubSource
 from dpo_lightning.runtime.secrets import redact_overrides
 
 # The final metrics a model card lists (those the run has), in this order.
-CARD_METRICS: tuple[str, ...] = ("val/loss", "val/rewards/accuracies", "val/reward", "val/kl")
+CARD_METRICS: tuple[str, ...] = (
+    "val/loss",
+    "val/rewards/accuracies",
+    "val/accuracy",
+    "val/margin",
+    "val/reward",
+    "val/kl",
+)
 # What each `reference/` option holds as π_ref, for the model card.
 REFERENCE_STRATEGIES = {
     "model": "a frozen copy of the initial policy",
@@ -79,9 +86,12 @@ def write_model_card(
         header["base_model"] = str(base_model)
     if dataset:
         header["datasets"] = [dataset]
-    header["tags"] = list(dict.fromkeys(["dpo", "dpo-lightning", loss_name]))
+    reward_model = (config.get("algorithm") or {}).get("name") == "reward_model"
+    header["tags"] = (
+        ["reward-model", "dpo-lightning"] if reward_model else list(dict.fromkeys(["dpo", "dpo-lightning", loss_name]))
+    )
     header["library_name"] = "peft" if adapters_only else "transformers"
-    header["pipeline_tag"] = "text-generation"
+    header["pipeline_tag"] = "text-classification" if reward_model else "text-generation"
 
     name = model.get("name") or "model"
     beta = loss.get("beta")
@@ -101,6 +111,18 @@ def write_model_card(
         f"- Reference (π_ref): `{reference}`"
         + (f" — {REFERENCE_STRATEGIES[reference]}" if reference in REFERENCE_STRATEGIES else ""),
     ]
+    if reward_model:
+        centring = (config.get("algorithm") or {}).get("center_coefficient", 0.0)
+        lines = [
+            f"# {name} reward model, trained with dpo-lightning",
+            "",
+            f"A Bradley–Terry reward model r(x, y) trained from {start} on the preference data of {data}: a "
+            "sequence classifier with one output, its score read at the last token of prompt + response.",
+            "",
+            f"- Objective: −log σ(r(x, y_w) − r(x, y_l)) + {centring} · (r(x, y_w) + r(x, y_l))²",
+            "- Score a text with `AutoModelForSequenceClassification.from_pretrained(<folder>)`: the logit of "
+            "prompt + response.",
+        ]
     if adapters_only:
         lines.append("- This folder holds the LoRA adapters only: load them on top of the base model with PEFT.")
     metrics = summary.get("metrics") or {}

@@ -40,6 +40,7 @@ from dpo_lightning.runtime.secrets import redacted_argv, redacted_config
 from dpo_lightning.runtime.summary import RunSummary
 from dpo_lightning.runtime.trainer import build_trainer
 from dpo_lightning.training.module import DPOLitModule
+from dpo_lightning.training.reward_model import RewardModelModule
 from dpo_lightning.training.throughput import Throughput
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,10 @@ def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
     return PreferenceDataModule(source, tokenizer, **options)
 
 
-def build_module(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, kl_reference: bool) -> DPOLitModule:
+def build_module(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, kl_reference: bool) -> L.LightningModule:
     """The LightningModule of `algorithm`: DPOLitModule (offline), OnlineDPOModule (online: its rollouts' sampler
-    and labeller built here, so a labeller that cannot load stops the run before training)."""
+    and labeller built here, so a labeller that cannot load stops the run before training), RewardModelModule
+    (reward_model: the policy's architecture with a one-output head, trained on the same pairs)."""
     trained = dict(
         model=_plain(cfg.model),
         loss=_plain(cfg.loss),
@@ -90,6 +92,10 @@ def build_module(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, kl_referen
         reference=_plain(cfg.reference),
         kl_reference=kl_reference,
     )
+    if cfg.algorithm.name == "reward_model":
+        return RewardModelModule(
+            trained["model"], trained["optimizer"], center_coefficient=cfg.algorithm.center_coefficient
+        )
     if cfg.algorithm.name != "online":
         return DPOLitModule(**trained)
     online = online_settings(cfg)
@@ -110,7 +116,7 @@ def build_sample_evaluation(
     """The validation-time sampler (None with `samples.num_prompts=0`), its reward loaded now: a reward model
     that cannot work stops the run before training."""
     samples = settings(ValidationSamples, cfg.samples, "samples")
-    if samples.num_prompts == 0:
+    if samples.num_prompts == 0 or cfg.algorithm.name == "reward_model":  # a reward model writes no samples
         return None
     reward = build(cfg.task.reward, "task.reward") if cfg.task.get("reward") else None
     return SampleEvaluation(
@@ -133,6 +139,13 @@ def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None
             "val/ranking/kendall_tau %.3f (chance 0) · val/ranking/top1 %.3f",
             metrics["val/ranking/kendall_tau"],
             metrics["val/ranking/top1"],
+        )
+    if "val/accuracy" in metrics:
+        log.info(
+            "reward model: val/accuracy %.3f (chance 0.5) · val/margin %.3f · val/loss %.4f (log 2 = 0.6931 at r ≡ 0)",
+            metrics["val/accuracy"],
+            metrics["val/margin"],
+            metrics["val/loss"],
         )
     if "val/reward" in metrics:
         log.info(
@@ -175,7 +188,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
         with redacted_argv():  # W&B starts its run here and records the command line
             for logger in trainer.loggers:
                 logger.log_hyperparams(redacted_config(cfg))
-        if isinstance(module.strategy, Precomputed) and module.objective.needs_reference:  # before fit
+        if isinstance(getattr(module, "strategy", None), Precomputed) and module.objective.needs_reference:
             module.strategy.cache_file = str(precompute_reference(cfg, datamodule, trainer))
         start = cfg.ckpt_path or resume_checkpoint(cfg.resume, output_dir)  # None: a fresh start
         if start is not None:
@@ -187,10 +200,15 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report())
         if isinstance(module, OnlineDPOModule):  # every rank's sample counts, summed
             summary.update(rollouts=rollout_report(module))
-        policy_state = full_state_dict(module.policy)  # trainer=fsdp: gathered from the shards (every rank)
+        reward_model = isinstance(module, RewardModelModule)
+        # trainer=fsdp: the policy's full state, gathered from the shards (on every rank)
+        policy_state = None if reward_model else full_state_dict(module.policy)
         if trainer.is_global_zero:
-            exported = module.strategy.exported(module.policy)  # reference=lora: merged, or the adapters only
-            folder = export_policy(exported, tokenizer, output_dir / "policy", policy_state)
+            if reward_model:  # a sequence classifier with one output
+                folder = module.export(output_dir / "policy", tokenizer)
+            else:
+                exported = module.strategy.exported(module.policy)  # reference=lora: merged, or the adapters only
+                folder = export_policy(exported, tokenizer, output_dir / "policy", policy_state)
             summary.update(policy=str(folder))
             with redacted_argv():  # policy/README.md, the model card: its command line with secrets redacted
                 write_model_card(folder, summary.content, datamodule.source)

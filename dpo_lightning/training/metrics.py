@@ -8,7 +8,7 @@ batches divide it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -20,6 +20,33 @@ class Mean(NamedTuple):
 
     value: torch.Tensor
     count: torch.Tensor | int
+
+
+class MetricTotals:
+    """Σ value × count and Σ count per metric over a validation epoch; `means` adds them over ranks, so each rank
+    weighs what its data weighs (one with fewer examples, or only placeholder batches, included — a mean of per-rank
+    means would not be)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # name → [Σ metric × count, Σ count]
+
+    def add(self, metrics: dict[str, Mean], counted: bool, device: torch.device) -> None:
+        """Add a batch's metrics (a metric with count 0, or every metric of a batch not `counted` — a placeholder
+        — adds zeros: its rank still reports every metric's total)."""
+        for name, (value, count) in metrics.items():
+            total = self.sums.setdefault(name, torch.zeros(2, device=device))
+            count = torch.as_tensor(count if counted else 0, dtype=torch.float32, device=device)
+            weighted = torch.where(count > 0, value.detach().float() * count, 0.0)  # a mean over nothing adds 0
+            self.sums[name] = total + torch.stack([weighted, count])
+
+    def means(self, strategy: Any) -> dict[str, torch.Tensor]:
+        """Each metric's mean over every rank's examples (a collective: `strategy.reduce`); a count of 0 (a metric
+        defined nowhere, e.g. Kendall's τ while policy = reference) gives 0, not 0/0."""
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        totals = strategy.reduce(torch.stack([self.sums[n] for n in names]), reduce_op="sum")
+        return {name: totals[i, 0] / totals[i, 1].clamp(min=1) for i, name in enumerate(names)}
 
 
 def preference_metrics(output: LossOutput, policy: PairLogps) -> dict[str, Mean]:

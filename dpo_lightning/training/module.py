@@ -31,7 +31,7 @@ from dpo_lightning.models.loading import build_model, compile_blocks, model_conf
 from dpo_lightning.models.logprobs import check_supported, sum_per_sequence, token_logprobs
 from dpo_lightning.models.reference import FrozenCopy, FrozenReference, Reference, ReferenceStrategy
 from dpo_lightning.models.sharding import shard_causal_lm
-from dpo_lightning.training.metrics import Mean, preference_metrics, ranking_metrics
+from dpo_lightning.training.metrics import MetricTotals, preference_metrics, ranking_metrics
 from dpo_lightning.training.optim import optimizer_with_warmup
 
 REFERENCE_PREFIX = "reference."  # state-dict keys of the frozen reference, kept out of checkpoints
@@ -183,35 +183,22 @@ class DPOLitModule(L.LightningModule):
         if batch.ranked:
             metrics |= ranking_metrics(policy_rankings, reference_rankings)
         if stage == "val":
-            self._add_validation_metrics(metrics, counted=not batch.placeholder)
+            self.validation_totals.add(metrics, counted=not batch.placeholder, device=self.device)
         if batch.placeholder:  # a rank out of streaming data: same forward and backward, no effect, no metrics
             return 0.0 * output.losses.sum()
         if stage == "train":
             self.log_dict({f"train/{name}": mean.value for name, mean in metrics.items()}, batch_size=batch.num_pairs)
         return output.losses.mean() * batch.loss_weight  # its rank's share of the step (streaming DDP)
 
-    def _add_validation_metrics(self, metrics: dict[str, Mean], counted: bool) -> None:
-        """Accumulate Σ value × count and Σ count per metric for `on_validation_epoch_end` (a metric with count 0,
-        or every metric of a placeholder batch, adds zeros: its rank still reports every metric's total)."""
-        for name, (value, count) in metrics.items():
-            total = self._validation_sums.setdefault(name, torch.zeros(2, device=self.device))
-            count = torch.as_tensor(count if counted else 0, dtype=torch.float32, device=self.device)
-            weighted = torch.where(count > 0, value.detach().float() * count, 0.0)  # a mean over nothing adds 0
-            self._validation_sums[name] = total + torch.stack([weighted, count])
-
     def on_validation_epoch_start(self) -> None:
-        self._validation_sums: dict[str, torch.Tensor] = {}  # name → [Σ metric × weight, Σ weight]
+        self.validation_totals = MetricTotals()
 
     def on_validation_epoch_end(self) -> None:
         """Log val/<metric>: its mean over every validation pair (ranking, example: what the metric is a mean over)
-        of every rank. Sums and counts are added over ranks, so each rank weighs what its data weighs — one with
-        fewer pairs, or only placeholder batches (streaming), included (a mean of per-rank means would not be)."""
-        names = sorted(self._validation_sums)
-        if not names:
-            return
-        totals = self.trainer.strategy.reduce(torch.stack([self._validation_sums[n] for n in names]), reduce_op="sum")
-        # a count of 0 (a metric defined nowhere, e.g. Kendall's τ while policy = reference) logs 0, not 0/0
-        self.log_dict({f"val/{name}": totals[i, 0] / totals[i, 1].clamp(min=1) for i, name in enumerate(names)})
+        of every rank (`MetricTotals`)."""
+        means = self.validation_totals.means(self.trainer.strategy)
+        if means:
+            self.log_dict({f"val/{name}": value for name, value in means.items()})
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -37,7 +37,7 @@ from dpo_lightning.data.collate import Batch
 from dpo_lightning.losses.bradley_terry import bradley_terry_loss
 from dpo_lightning.models.loading import build_model, compile_blocks, load_tokenizer, model_config
 from dpo_lightning.models.sequence_rewards import sequence_rewards
-from dpo_lightning.training.metrics import Mean
+from dpo_lightning.training.metrics import Mean, MetricTotals
 from dpo_lightning.training.optim import optimizer_with_warmup
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class RewardModelModule(L.LightningModule):
         losses = bradley_terry_loss(rewards[better], rewards[worse], center_coefficient=self.center_coefficient)
         metrics = reward_metrics(rewards[better], rewards[worse], losses)
         if stage == "val":
-            self._add_validation_metrics(metrics, counted=not batch.placeholder)
+            self.validation_totals.add(metrics, counted=not batch.placeholder, device=self.device)
         if batch.placeholder:  # a rank out of streaming data: same forward and backward, no effect, no metrics
             return 0.0 * losses.sum()
         if stage == "train":
@@ -150,26 +150,14 @@ class RewardModelModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
-    def _add_validation_metrics(self, metrics: dict[str, Mean], counted: bool) -> None:
-        """Accumulate [Σ value × count, Σ count] per metric (a placeholder batch adds zeros: its rank still
-        reports every metric's total)."""
-        for name, (value, count) in metrics.items():
-            count = torch.as_tensor(count if counted else 0, dtype=torch.float32, device=self.device)
-            weighted = torch.where(count > 0, value.float() * count, 0.0)
-            total = self._validation_sums.get(name, torch.zeros(2, device=self.device))
-            self._validation_sums[name] = total + torch.stack([weighted, count])
-
     def on_validation_epoch_start(self) -> None:
-        self._validation_sums: dict[str, torch.Tensor] = {}  # name → [Σ metric × pairs, Σ pairs]
+        self.validation_totals = MetricTotals()
 
     def on_validation_epoch_end(self) -> None:
-        """Log val/<metric>: its mean over every validation pair of every rank (sums and counts added over ranks;
-        no pair at all logs 0)."""
-        names = sorted(self._validation_sums)
-        if not names:
-            return
-        totals = self.trainer.strategy.reduce(torch.stack([self._validation_sums[n] for n in names]), reduce_op="sum")
-        self.log_dict({f"val/{name}": totals[i, 0] / totals[i, 1].clamp(min=1) for i, name in enumerate(names)})
+        """Log val/<metric>: its mean over every validation pair of every rank (`MetricTotals`)."""
+        means = self.validation_totals.means(self.trainer.strategy)
+        if means:
+            self.log_dict({f"val/{name}": value for name, value in means.items()})
 
     def configure_optimizers(self) -> dict:
         """The configured optimizer over the trainable parameters, with the linear warm-up of `optim`."""

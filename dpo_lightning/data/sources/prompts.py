@@ -90,3 +90,10 @@ class PromptFile:
                 continue
             if self.val_path is not None or held_out(prompt, self.val_size) == (split == "validation"):
                 yield prompt
+
+    def load(self, split: str, streaming: bool = False) -> None:
+        raise ConfigError(
+            "task",
+            "task=prompts holds prompts only: train on them with algorithm=online (the policy writes the responses), "
+            "or sample and label pairs with `python -m dpo_lightning.cli.pairs task=prompts policy=<run>`",
+        )
