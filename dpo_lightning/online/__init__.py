@@ -1,1 +1,1 @@
-"""On-policy preference optimization: rollouts of the current policy, labellers that rank them, online DPO."""
+"""On-policy preference optimization: rollouts of the current policy (labelled by `eval.labellers`), online DPO."""

@@ -9,7 +9,7 @@ from helpers import FakeChatServer
 
 from dpo_lightning.eval.judges import Judge, LLMJudge, Verdict
 from dpo_lightning.eval.rewards import Reward, VaderReward, sentiment_reward
-from dpo_lightning.online.labellers import JudgeLabeller, RewardLabeller
+from dpo_lightning.eval.labellers import JudgeLabeller, RewardLabeller
 
 
 class LengthReward(Reward):
