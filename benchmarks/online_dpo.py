@@ -188,15 +188,6 @@ def max_difference(policy, reference) -> float:
         )
 
 
-def reward_labeller(reward):
-    """`RewardLabeller(reward)`, from `eval.labellers` (or `online.labellers`, where it lived before)."""
-    try:
-        from dpo_lightning.eval.labellers import RewardLabeller
-    except ImportError:
-        from dpo_lightning.online.labellers import RewardLabeller
-    return RewardLabeller(reward)
-
-
 def _threads(work: Workload) -> int:
     """Set this process's torch threads (`--threads`; default torch's) and return the count in use."""
     import torch
@@ -222,6 +213,7 @@ def _ours(queue, work: Workload) -> None:
 
     from dpo_lightning.data.collate import collate_function
     from dpo_lightning.data.prompts import Prompts
+    from dpo_lightning.eval.labellers import RewardLabeller
     from dpo_lightning.eval.rewards import VaderReward
     from dpo_lightning.eval.sampling import SamplingSettings
     from dpo_lightning.models.loading import load_tokenizer, model_config
@@ -247,7 +239,7 @@ def _ours(queue, work: Workload) -> None:
             return self.last
 
     sampling = SamplingSettings(max_new_tokens=work.max_new_tokens, batch_size=work.batch_size, seed=0)
-    rollouts = RecordedRollouts(tokenizer, sampling, SAMPLES_PER_PROMPT, reward_labeller(VaderReward()))
+    rollouts = RecordedRollouts(tokenizer, sampling, SAMPLES_PER_PROMPT, RewardLabeller(VaderReward()))
     module = OnlineDPOModule(
         rollouts=rollouts,
         collate=collate_function(LAYOUT, tokenizer.pad_token_id, ranking_pairs="best_vs_worst"),
