@@ -20,7 +20,8 @@ from dpo_lightning.runtime.secrets import redact, secret_values
 def _train(cfg: DictConfig) -> float | None:
     """Train one run; in a multirun, return the job's objective (`optimized_metric`) and log a failure
     instead of raising it (`sweep.run_sweep_job`), so the other jobs still run."""
-    from dpo_lightning.runtime.run import run  # heavy imports after Hydra has parsed the command line
+    from dpo_lightning.runtime.iterative import run_rounds  # heavy imports after Hydra has parsed the command line
+    from dpo_lightning.runtime.run import run
     from dpo_lightning.runtime.wandb_logging import name_sweep_run
 
     # Hydra's logging already prints and files every record; Lightning's own console handlers would print
@@ -32,13 +33,14 @@ def _train(cfg: DictConfig) -> float | None:
     hydra_config = HydraConfig.get()
     runtime = hydra_config.runtime
     choices = {group: option for group, option in runtime.choices.items() if not group.startswith("hydra")}
+    train = run_rounds if cfg.get("algorithm", {}).get("name") == "iterative" else run  # rounds of runs, or one
     if hydra_config.mode != RunMode.MULTIRUN:
-        run(cfg, Path(runtime.output_dir), choices)
+        train(cfg, Path(runtime.output_dir), choices)
         return None
     secrets = secret_values(OmegaConf.to_container(cfg, resolve=False))
     name = redact(hydra_config.job.override_dirname, secrets)  # a W&B run name never shows a secret override
     name_sweep_run(cfg.get("logger"), str(hydra_config.sweep.dir), name)
-    return run_sweep_job(lambda: run(cfg, Path(runtime.output_dir), choices), cfg.get("optimized_metric"))
+    return run_sweep_job(lambda: train(cfg, Path(runtime.output_dir), choices), cfg.get("optimized_metric"))
 
 
 main = command(_train)

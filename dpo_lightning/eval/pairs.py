@@ -36,6 +36,7 @@ from dpo_lightning.data.prompts import task_prompts
 from dpo_lightning.data.sources.base import SPLITS
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizeSettings
 from dpo_lightning.errors import ConfigError, DataError
+from dpo_lightning.eval.labellers import Labeller, RewardLabeller
 from dpo_lightning.eval.rewards import Reward
 from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions
 from dpo_lightning.instantiate import build, settings
@@ -60,28 +61,30 @@ def generate_split(
     tokenizer: Any,
     prompts: list[str],
     encode: PairTokenizer,
-    reward: Reward,
+    labeller: Labeller,
     samples_per_prompt: int,
     min_margin: float,
     settings: SamplingSettings,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows (one per prompt with a preference) and counts {prompts, pairs, ties, too_few_samples,
-    empty_samples, truncated_prompts}. Empty samples (the model ended at once) are not ranked — training
-    rejects empty responses — and a prompt left with fewer than two samples gives no pair."""
+    empty_samples, unscored_samples, truncated_prompts}. Empty samples (the model ended at once; training rejects
+    empty responses) and samples the labeller could not score are not ranked, and a prompt left with fewer than two
+    samples gives no pair."""
     encoded = encode(prompts, [""] * len(prompts), [""] * len(prompts))
     prompt_ids = [pair.prompt_ids for pair, _ in encoded]
     repeated = [ids for ids in prompt_ids for _ in range(samples_per_prompt)]  # [P·K], prompt-major
-    completions = sample_completions(model, repeated, tokenizer, settings)
+    completions = sample_completions(model, repeated, tokenizer, settings)  # `batch_size` of the P·K rows a call
     texts = [
         completion_text(tokenizer, prompt, completion) for prompt, completion in zip(repeated, completions, strict=True)
     ]
-    scores = reward([prompt for prompt, _ in texts], [completion for _, completion in texts])
-    rows, ties, too_few, empty = [], 0, 0, 0
-    for p in range(len(prompts)):
-        block = range(p * samples_per_prompt, (p + 1) * samples_per_prompt)
-        kept = [k for k in block if texts[k][1].strip()]
-        empty += len(block) - len(kept)
-        responses, block_scores = [texts[k][1] for k in kept], [float(scores[k]) for k in kept]
+    groups = [texts[p * samples_per_prompt : (p + 1) * samples_per_prompt] for p in range(len(prompts))]
+    labels = labeller.label([group[0][0] for group in groups], [[c for _, c in group] for group in groups])
+    rows, ties, too_few, empty, unscored = [], 0, 0, 0, 0
+    for group, group_scores in zip(groups, labels.scores, strict=True):
+        kept = [k for k, (_, text) in enumerate(group) if text.strip() and group_scores[k] is not None]
+        empty += sum(not text.strip() for _, text in group)
+        unscored += sum(score is None for score in group_scores)
+        responses, block_scores = [group[k][1] for k in kept], [float(group_scores[k]) for k in kept]
         if len(kept) < 2:
             too_few += 1
             continue
@@ -92,7 +95,7 @@ def generate_split(
         best, worst = ranked
         rows.append(
             {
-                "prompt": texts[block.start][0],
+                "prompt": group[0][0],
                 "chosen": responses[best],
                 "rejected": responses[worst],
                 "chosen_reward": block_scores[best],
@@ -103,7 +106,7 @@ def generate_split(
         )
     truncated = sum(truncation.prompt for _, truncation in encoded)
     counts = {"prompts": len(prompts), "pairs": len(rows), "ties": ties, "too_few_samples": too_few}
-    return rows, counts | {"empty_samples": empty, "truncated_prompts": truncated}
+    return rows, counts | {"empty_samples": empty, "unscored_samples": unscored, "truncated_prompts": truncated}
 
 
 def write_pairs(rows: list[dict[str, Any]], path: Path, provenance: dict[str, Any]) -> Path:
@@ -188,7 +191,7 @@ def generate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         if not prompts:
             raise DataError(f"{source.origin(split)}: no prompts")
         rows, counts = generate_split(
-            model, tokenizer, prompts, encode, reward, cfg.samples_per_prompt, cfg.min_margin, sampling
+            model, tokenizer, prompts, encode, RewardLabeller(reward), cfg.samples_per_prompt, cfg.min_margin, sampling
         )
         if not rows:
             raise DataError(f"{split}: all {len(prompts)} prompts gave tied samples; no pairs (lower min_margin?)")

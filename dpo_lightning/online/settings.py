@@ -18,8 +18,7 @@ from dpo_lightning.instantiate import settings
 class OnlineSettings:
     """How rollouts are drawn and turned into training examples (each field is a key of `algorithm`).
 
-    `sampling` holds SamplingSettings' keys; its `max_new_tokens: null` means the task's response budget
-    (`task.tokenize.max_length − max_prompt_length`): see `rollout_sampling`.
+    `sampling` holds SamplingSettings' keys (`rollout_sampling`).
     """
 
     name: str = "online"
@@ -41,19 +40,24 @@ class OnlineSettings:
             raise ConfigError("algorithm.max_prompts", f"must be null or ≥ 1, got {self.max_prompts}")
 
     def rollout_sampling(self, tokenize: TokenizeSettings) -> SamplingSettings:
-        """The rollouts' SamplingSettings, `max_new_tokens` defaulting to the task's response budget; a mistake is
-        named by its `algorithm.sampling` key."""
-        values = dict(self.sampling)
-        if values.get("max_new_tokens") is None:
-            values["max_new_tokens"] = tokenize.max_length - tokenize.max_prompt_length
-        try:
-            return SamplingSettings(**values)
-        except ConfigError as error:
-            raise ConfigError(
-                error.key.replace("samples.", "algorithm.sampling.", 1), str(error).split(": ", 1)[1]
-            ) from None
-        except TypeError as error:
-            raise ConfigError("algorithm.sampling", str(error)) from None
+        """The rollouts' SamplingSettings (`rollout_sampling`)."""
+        return rollout_sampling(self.sampling, tokenize)
+
+
+def rollout_sampling(sampling: dict[str, Any], tokenize: TokenizeSettings) -> SamplingSettings:
+    """`algorithm.sampling` as SamplingSettings, `max_new_tokens: null` meaning the task's response budget
+    (`task.tokenize.max_length − max_prompt_length`); a mistake is named by its `algorithm.sampling` key."""
+    values = dict(sampling)
+    if values.get("max_new_tokens") is None:
+        values["max_new_tokens"] = tokenize.max_length - tokenize.max_prompt_length
+    try:
+        return SamplingSettings(**values)
+    except ConfigError as error:
+        raise ConfigError(
+            error.key.replace("samples.", "algorithm.sampling.", 1), str(error).split(": ", 1)[1]
+        ) from None
+    except TypeError as error:
+        raise ConfigError("algorithm.sampling", str(error)) from None
 
 
 def online_settings(cfg: DictConfig) -> OnlineSettings:
@@ -68,6 +72,11 @@ def online_settings(cfg: DictConfig) -> OnlineSettings:
             "precomputed caches reference log-probs of a fixed dataset; online samples are new at every step — use "
             "reference=model, lora or sync",
         )
+    _check_labeller(cfg)
+    return online
+
+
+def _check_labeller(cfg: DictConfig) -> None:
     labeller = cfg.algorithm.get("labeller")
     if not labeller or "_target_" not in labeller:
         raise ConfigError("algorithm.labeller", "required: labeller@algorithm.labeller=reward | reward_model | judge")
@@ -77,4 +86,39 @@ def online_settings(cfg: DictConfig) -> OnlineSettings:
             "ranks samples by the task's reward, and this task has none: set reward@task.reward=vader|classifier, or "
             "labeller@algorithm.labeller=reward_model|judge",
         )
-    return online
+
+
+@dataclass(frozen=True)
+class IterativeSettings:
+    """The `algorithm=iterative` settings (`conf/algorithm/iterative.yaml`; `runtime/iterative.py`)."""
+
+    name: str = "iterative"
+    rounds: int = 3
+    prompts_per_round: int = 512
+    validation_prompts: int = 64
+    samples_per_prompt: int = 4
+    min_margin: float = 0.0
+    sampling: dict[str, Any] = field(default_factory=dict)
+    labeller: Any = None
+
+    def __post_init__(self) -> None:
+        for key, low in (("rounds", 1), ("prompts_per_round", 1), ("validation_prompts", 1), ("samples_per_prompt", 2)):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and value >= low):
+                raise ConfigError(f"algorithm.{key}", f"must be an integer ≥ {low}, got {value!r}")
+        if self.min_margin < 0:
+            raise ConfigError("algorithm.min_margin", f"must be ≥ 0, got {self.min_margin}")
+
+    def rollout_sampling(self, tokenize: TokenizeSettings) -> SamplingSettings:
+        """The samples' SamplingSettings (`rollout_sampling`)."""
+        return rollout_sampling(self.sampling, tokenize)
+
+
+def iterative_settings(cfg: DictConfig) -> IterativeSettings:
+    """The checked `algorithm` settings of an iterative run (its rounds train offline: any reference works)."""
+    iterative: IterativeSettings = settings(IterativeSettings, cfg.algorithm, "algorithm")
+    iterative.rollout_sampling(settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize"))
+    _check_labeller(cfg)
+    if not cfg.task.get("reward"):
+        raise ConfigError("task.reward", "iterative DPO reports each round's true reward; this task has none")
+    return iterative

@@ -3,7 +3,7 @@
     resume=auto      rerun the same command: it continues the latest unfinished run of that command (same
                      overrides, no `summary.json` saying "completed", a `last.ckpt`) under `outputs/`, or starts
                      a new run if there is none
-    resume=<folder>  continue that run folder (it must hold checkpoints/last.ckpt)
+    resume=<folder>  continue that run folder (it must hold checkpoints/last.ckpt, or, algorithm=iterative, rounds)
 
 A run folder is chosen by Hydra before any of our code runs, so `resume_arguments` rewrites the command line
 first: it adds `hydra.run.dir=<folder>` (a single run whose folder the user did not set). Inside the run,
@@ -62,9 +62,14 @@ def _same_command(folder: Path, overrides: dict[str, str]) -> bool:
     return drop(previous) == drop(_overrides(redact_overrides(f"{k}={v}" for k, v in overrides.items())))
 
 
+def _resumable(folder: Path) -> bool:
+    """A run folder with a last.ckpt, or an iterative run's folder (its rounds resume each from their own)."""
+    return (folder / LAST_CHECKPOINT).is_file() or (folder / "round_1").is_dir()
+
+
 def _unfinished(folder: Path) -> bool:
-    """A run folder with a last.ckpt whose summary (if it got to write one) does not say it completed."""
-    if not (folder / LAST_CHECKPOINT).is_file():
+    """A resumable run folder whose summary (if it got to write one) does not say it completed."""
+    if not _resumable(folder):
         return False
     summary = folder / "summary.json"
     return not summary.is_file() or json.loads(summary.read_text()).get("status") != "completed"
@@ -90,8 +95,8 @@ def resume_arguments(arguments: list[str], outputs: Path = OUTPUTS) -> list[str]
         folder = latest_unfinished_run(overrides, outputs)
         return arguments if folder is None else [*arguments, f"hydra.run.dir={folder}"]
     folder = Path(resume).expanduser()
-    if not (folder / LAST_CHECKPOINT).is_file():
-        raise ConfigError("resume", f"{folder} is not a run folder with {LAST_CHECKPOINT}")
+    if not _resumable(folder):
+        raise ConfigError("resume", f"{folder} is not a run folder with {LAST_CHECKPOINT} (or rounds to continue)")
     return [*arguments, f"hydra.run.dir={folder}"]
 
 

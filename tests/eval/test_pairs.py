@@ -320,7 +320,7 @@ def task_reward(task: str) -> str:
 @pytest.mark.parametrize("task", TASKS)
 def test_every_task_with_a_reward_is_accepted(task, policy, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": " c", "rejected": " r"}] * 3)
-    path = [f"task.source.path={data}"] if task == "local" else []
+    path = [f"task.source.path={data}"] if task in ("local", "prompts") else []
     cfg = compose(f"policy={policy[0]}", f"task={task}", *path, config="pairs")
     if task_reward(task) == "none":
         with pytest.raises(ConfigError) as error:
