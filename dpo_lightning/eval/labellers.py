@@ -1,6 +1,6 @@
 """Labellers: rank a prompt's K samples — the one interface to a task reward, a reward model or a judge.
 
-    prompts [P] + samples [P][K] (texts) ─► Labeller.label ─► Labels: scores [P][K] (None: could not be scored)
+    prompts [P] + samples [P, K] (texts) ─► Labeller.label ─► Labels: scores [P, K] (None: could not be scored)
 
 A higher score is a better sample; equal scores state no preference. What ranks them:
 
@@ -31,7 +31,7 @@ from dpo_lightning.eval.rewards import Reward
 
 @dataclass
 class Labels:
-    """Scores of P prompts' samples, [P][K] (None: that sample could not be scored), and what happened on the way:
+    """Scores of P prompts' samples, [P, K] (None: that sample could not be scored), and what happened on the way:
     `counts` of failed scores, failed judgements, tied judgements; `reasons` of the failures."""
 
     scores: list[list[float | None]]
@@ -46,7 +46,7 @@ class Labeller(ABC):
 
     @abstractmethod
     def label(self, prompts: list[str], samples: list[list[str]]) -> Labels:
-        """Scores of `samples` [P][K] (completion texts) of `prompts` [P]."""
+        """Scores of `samples` [P, K] (completion texts) of `prompts` [P]."""
 
 
 class RewardLabeller(Labeller):

@@ -37,8 +37,8 @@ import torch
 from dpo_lightning.data.rankings import ranks_from_scores
 from dpo_lightning.data.tokenize import TokenizedRanking
 from dpo_lightning.errors import RunError
-from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
 from dpo_lightning.eval.labellers import Labeller
+from dpo_lightning.eval.sampling import SamplingSettings, completion_text, sample_completions, truncated
 
 
 @dataclass

@@ -8,8 +8,8 @@ from itertools import combinations
 from helpers import FakeChatServer
 
 from dpo_lightning.eval.judges import Judge, LLMJudge, Verdict
-from dpo_lightning.eval.rewards import Reward, VaderReward, sentiment_reward
 from dpo_lightning.eval.labellers import JudgeLabeller, RewardLabeller
+from dpo_lightning.eval.rewards import Reward, VaderReward, sentiment_reward
 
 
 class LengthReward(Reward):

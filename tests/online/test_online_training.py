@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader
 from dpo_lightning.cli import train as train_command
 from dpo_lightning.data.collate import collate_packed
 from dpo_lightning.data.prompts import Prompts
+from dpo_lightning.eval.labellers import RewardLabeller
 from dpo_lightning.eval.rewards import Reward
 from dpo_lightning.eval.sampling import SamplingSettings
 from dpo_lightning.models.loading import load_tokenizer
-from dpo_lightning.eval.labellers import RewardLabeller
 from dpo_lightning.online.module import OnlineDPOModule
 from dpo_lightning.online.rollouts import Rollouts
 from dpo_lightning.training.module import DPOLitModule

@@ -8,9 +8,9 @@ from helpers import random_pairs, tiny_causal_lm
 from dpo_lightning import load_tokenizer
 from dpo_lightning.data.rankings import ranks_from_scores
 from dpo_lightning.errors import RunError
+from dpo_lightning.eval.labellers import RewardLabeller
 from dpo_lightning.eval.rewards import Reward
 from dpo_lightning.eval.sampling import SamplingSettings, sample_completions
-from dpo_lightning.eval.labellers import RewardLabeller
 from dpo_lightning.online.rollouts import Rollouts, rank_samples
 
 TOKENIZER = load_tokenizer("tiny")

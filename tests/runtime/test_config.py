@@ -13,6 +13,7 @@ from dpo_lightning.cli import train
 from dpo_lightning.cli.checks import check_group_choices
 from dpo_lightning.conf import CONF_DIR
 from dpo_lightning.errors import ConfigError
+from dpo_lightning.eval.labellers import Labeller
 from dpo_lightning.instantiate import build
 from dpo_lightning.runtime.checks import validate_config
 from dpo_lightning.runtime.faults import DivergenceGuard
@@ -22,10 +23,19 @@ from dpo_lightning.runtime.run import build_trainer
 # to `winrate.yaml` (composed in tests/eval/test_winrate.py).
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if any(p.glob("*.yaml")) and p.name not in ("hydra", "judge"))
 OPTIONS = [(group, option.stem) for group in GROUPS for option in sorted((CONF_DIR / group).glob("*.yaml"))]
-OVERRIDE_KEYS = {"reward": "reward@task.reward"}  # how the command line names a group's choice, where not `group`
-NEEDS_NETWORK = {("reward", "classifier")}  # options whose instantiation downloads a model: composed, not built
+# How the command line names a group's choice, where not `group`; `labeller` is nested in an on-policy algorithm.
+OVERRIDE_KEYS = {"reward": "reward@task.reward", "labeller": "labeller@algorithm.labeller"}
+CONTEXT = {"labeller": ["algorithm=online"]}  # what a group's options are composed with
+# Options whose instantiation downloads or loads a model: composed and validated, not built.
+NEEDS_NETWORK = {("reward", "classifier"), ("labeller", "reward_model"), ("labeller", "judge")}
 # Keys that an option leaves for the user to set (`???`), and test values for them.
-REQUIRED = {"local": ["task.source.path=PAIRS"], "hf": ["model.name_or_path=gpt2"]}
+REQUIRED = {
+    "local": ["task.source.path=PAIRS"],
+    "prompts": ["task.source.path=PAIRS"],
+    "hf": ["model.name_or_path=gpt2"],
+    "reward_model": ["algorithm.labeller.reward.name_or_path=RM"],
+    "judge": ["algorithm.labeller.judge.model=judge-model"],
+}
 
 
 def _compose(overrides, tmp_path: Path):
@@ -35,17 +45,18 @@ def _compose(overrides, tmp_path: Path):
 
 
 def test_every_group_has_options():
-    assert {"task", "model", "loss", "optimizer", "trainer", "logger"} <= set(GROUPS)
+    assert {"algorithm", "labeller", "task", "model", "loss", "optimizer", "trainer", "logger"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_validates_and_instantiates(group, option, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = _compose([f"{OVERRIDE_KEYS.get(group, group)}={option}", *REQUIRED.get(option, [])], tmp_path)
+    required = REQUIRED.get(option, []) if (group, option) != ("algorithm", "reward_model") else []
+    cfg = _compose([*CONTEXT.get(group, []), f"{OVERRIDE_KEYS.get(group, group)}={option}", *required], tmp_path)
     validate_config(cfg)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    node = cfg.task.reward if group == "reward" else cfg[group]
+    node = {"reward": cfg.task.reward, "labeller": cfg.algorithm.get("labeller")}.get(group, cfg.get(group))
     assert node is not None
     if group == "task":
         source = build(node.source, "task.source")
@@ -59,6 +70,10 @@ def test_every_option_composes_validates_and_instantiates(group, option, tmp_pat
         assert instantiate(node, accelerator=accelerator, logger=False).max_epochs == node.max_epochs
     elif group in ("loss", "logger", "reward") and node and (group, option) not in NEEDS_NETWORK:
         assert instantiate(node) is not None
+    elif group in ("algorithm", "labeller") and "labeller" in cfg.algorithm and (group, option) not in NEEDS_NETWORK:
+        assert isinstance(build(cfg.algorithm.labeller, "algorithm.labeller"), Labeller)
+    elif group == "algorithm":
+        assert cfg.algorithm.name == option
     elif group == "model":
         assert node.trust_remote_code is False
 

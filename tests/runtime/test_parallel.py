@@ -523,3 +523,17 @@ def test_scale_config_mistakes_fail_in_one_line(overrides, message):
 )
 def test_scale_configs_that_work_pass(overrides):
     check_trainer_config(compose(*overrides))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_online_dpo_under_data_parallelism_samples_each_ranks_share_of_the_prompts(strategy, tmp_path):
+    """Two processes: each samples its own half of every step's prompts (different draws: seed + rank), the counts
+    of both ranks add up in summary.json, and training still takes its steps (FSDP: generation with synced ranks)."""
+    online = ["algorithm=online", "algorithm.samples_per_prompt=2", "algorithm.sampling.max_new_tokens=8",
+              "samples.num_prompts=4", "samples.max_new_tokens=8", "task.source.num_train_pairs=64",
+              "task.source.num_val_pairs=16", "data.batch_size=8", "trainer.max_steps=3",
+              f"trainer={strategy}", "trainer.devices=2", "trainer.accelerator=cpu"]  # fmt: skip
+    summary = _completed(train(*online, run_dir=tmp_path), tmp_path, 3)
+    counts = summary["rollouts"]["counts"]
+    assert counts["prompts"] == 3 * 8 and counts["samples"] == 3 * 8 * 2  # 3 steps × 8 prompts over 2 ranks
+    assert summary["metrics"]["train/rollout/tokens_per_s"] > 0 and "val/kl" in summary["metrics"]

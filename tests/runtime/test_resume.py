@@ -1,5 +1,6 @@
 """Checkpoints (safetensors, atomic), resume=auto after SIGKILL and SIGTERM, the data position, divergence."""
 
+import csv
 import errno
 import json
 import os
@@ -243,6 +244,46 @@ def test_an_online_run_killed_and_resumed_ends_bitwise_equal_with_the_same_rollo
     assert all(torch.equal(resumed[name], whole[name]) for name in whole), f"differs after resuming from step {step}"
     (whole_folder,) = (tmp_path / "whole").glob("outputs/*/*")
     assert read_summary(folder)["rollouts"] == read_summary(whole_folder)["rollouts"]
+
+
+ITERATIVE = [
+    "algorithm=iterative",
+    "algorithm.rounds=2",
+    "algorithm.prompts_per_round=16",
+    "algorithm.validation_prompts=8",
+    "algorithm.samples_per_prompt=4",
+    "algorithm.sampling.max_new_tokens=8",
+    "samples.num_prompts=4",
+    "samples.max_new_tokens=8",
+]
+
+
+def test_iterative_dpo_killed_in_its_second_round_resumes_that_round_and_ends_bitwise_equal(tmp_path):
+    """Round 1 is kept as it is (not sampled or trained again), round 2 continues from its last.ckpt, and the rounds
+    table and the final policy equal an uninterrupted command's."""
+    (tmp_path / "whole").mkdir()
+    _finish(_start(tmp_path / "whole", *ITERATIVE))
+    (whole,) = (tmp_path / "whole").glob("outputs/*/*")
+    process = _start(tmp_path, *ITERATIVE)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("outputs/*/*/round_2/checkpoints/epoch=0-step=2.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, "the command ended before the signal"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=120)
+    (folder,) = tmp_path.glob("outputs/*/*")
+    first_round = (folder / "round_1" / "summary.json").stat().st_mtime_ns
+    output = _finish(_start(tmp_path, *ITERATIVE, "resume=auto"))
+    assert f"continuing from {folder / 'round_2' / 'checkpoints' / 'last.ckpt'}" in output
+    assert (folder / "round_1" / "summary.json").stat().st_mtime_ns == first_round  # round 1 kept
+    assert read_summary(folder)["status"] == "completed"
+    rounds = [
+        [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run / "rounds.csv").open())]
+        for run in (folder, whole)
+    ]  # rewards and KL of every round, wall-clock aside
+    assert rounds[0] == rounds[1] and len(rounds[0]) == 3
+    resumed, uninterrupted = _weights(folder / "round_2"), _weights(whole / "round_2")
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
 
 
 # --- divergence -----------------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ import random
 import lightning as L
 import pytest
 import torch
+from helpers import read_summary, run_in_process, save_tiny_classifier, train
 from tokenizers.processors import TemplateProcessing
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification
 
+from dpo_lightning.cli import train as train_command
 from dpo_lightning.data.collate import LAYOUTS, collate_function, placeholder_batch
 from dpo_lightning.data.datamodule import PreferenceDataModule
 from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizedRanking, TokenizeSettings
@@ -216,3 +218,40 @@ def test_export_warns_about_a_tokenizer_that_adds_tokens_training_never_saw(modu
     assert tokenizer("x")["input_ids"][0] == 0
     module.export(tmp_path / "with_bos", tokenizer)
     assert "adds special tokens ['<|bos|>']" in caplog.text
+
+
+def test_the_reward_model_command_exports_a_classifier_the_labeller_ranks_samples_with(tmp_path):
+    """`algorithm=reward_model` end to end: held-out accuracy in the summary, `policy/` loads as a one-output sequence
+    classifier, and the `reward_model` labeller of an online run scores samples with it."""
+    run = ["task.source.num_train_pairs=128", "task.source.num_val_pairs=32", "data.batch_size=16",
+           "trainer.max_steps=8", "optimizer.lr=1e-3", "trainer.enable_progress_bar=false"]  # fmt: skip
+    result = train("algorithm=reward_model", *run, run_dir=tmp_path / "rm")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(tmp_path / "rm")
+    assert summary["status"] == "completed" and 0 <= summary["metrics"]["val/accuracy"] <= 1
+    assert {"val/margin", "val/loss", "train/accuracy"} <= set(summary["metrics"])
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "policy")
+    assert classifier.config.num_labels == 1
+    assert "pipeline_tag: text-classification" in (tmp_path / "rm" / "policy" / "README.md").read_text()
+
+    reward_model = f"algorithm.labeller.reward.name_or_path={tmp_path / 'rm' / 'policy'}"
+    online = ["algorithm=online", "labeller@algorithm.labeller=reward_model", reward_model,
+              "algorithm.samples_per_prompt=2", "algorithm.sampling.max_new_tokens=8", "samples.num_prompts=0",
+              *run[:3], "trainer.max_steps=2"]  # fmt: skip
+    result = train(*online, run_dir=tmp_path / "online")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = read_summary(tmp_path / "online")["rollouts"]["counts"]
+    assert counts["samples"] == 2 * 16 * 2 and counts.get("unscored_samples", 0) == 0
+
+
+def test_a_reward_model_whose_head_is_not_one_scalar_is_refused_in_one_line(tmp_path):
+    classifier = save_tiny_classifier(tmp_path / "two_labels")  # NEGATIVE / POSITIVE
+    result = run_in_process(
+        train_command.main, "algorithm=online", "labeller@algorithm.labeller=reward_model",
+        f"algorithm.labeller.reward.name_or_path={classifier}", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: task.reward.positive_label: {classifier} has labels ['NEGATIVE', 'POSITIVE']; name the one to score "
+        "(null is for a single-output reward model)"
+    )
