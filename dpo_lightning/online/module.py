@@ -7,8 +7,9 @@ Each training step samples the current policy (Guo et al. 2024, "Direct Language
 Feedback"): K responses to each prompt, ranked by the labeller; a pairwise objective trains on the pairs
 `algorithm.pairs` takes from each ranking (best_vs_worst, all, …), a ranking objective on the whole ranking. A step
 whose prompts all gave ties still runs a forward and backward on a placeholder ranking (its loss × 0), so that every
-data-parallel rank takes part in each gradient all-reduce. Validation is DPOLitModule's: the task's held-out pairs
-where it has them, and the samples callback's `val/reward`, `val/kl`.
+data-parallel rank takes part in each gradient all-reduce; each rank's loss is weighed by its share of the step's
+loss terms (ranks can keep different numbers: ties), so that the gradient is the mean over all of them. Validation
+is DPOLitModule's: the task's held-out pairs where it has them, and the samples callback's `val/reward`, `val/kl`.
 
 Logged each step: `train/rollout/score` (the labeller's mean score of the samples), `train/rollout/tokens_per_s`
 (generated tokens per second of sampling, this rank), `train/rollout/sampling_s`, `train/rollout/labelling_s`,
@@ -57,6 +58,8 @@ class OnlineDPOModule(DPOLitModule):
         self.rollout_counts.update(rollout.counts)
         self.rollout_reasons.update(rollout.reasons)
         trained = self._rollout_batch(rollout.rankings).to(self.device)
+        if world > 1:  # ranks can keep different numbers of examples (ties): weigh each rank by its share
+            trained.loss_weight = self._share_of_step(trained)
         sampling_rate = rollout.sample_tokens / rollout.sampling_s if rollout.sampling_s > 0 else 0.0
         metrics = {
             "train/rollout/tokens_per_s": sampling_rate,
@@ -69,6 +72,17 @@ class OnlineDPOModule(DPOLitModule):
         self.log_dict(metrics, batch_size=len(batch.ids))
         return self._step(trained, "train")
 
+    def _share_of_step(self, batch: Batch) -> float:
+        """W × this rank's loss terms ÷ all ranks' (1 where none has any): DDP averages the ranks' gradients, so
+        scaled this way the step's gradient is that of the mean over every rank's loss terms, as one process's."""
+        mine = (
+            0
+            if batch.placeholder
+            else (batch.num_pairs if self.objective.takes_rankings else batch.pair_index.shape[1])
+        )
+        total = self.trainer.strategy.reduce(torch.tensor(float(mine), device=self.device), reduce_op="sum")
+        return self.trainer.world_size * mine / float(total) if float(total) > 0 else 1.0
+
     def _rollout_batch(self, rankings: list) -> Batch:
         if rankings:
             return self.collate(rankings)
@@ -80,14 +94,17 @@ class OnlineDPOModule(DPOLitModule):
         return super().validation_step(batch, batch_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the run's rollout counts summed over ranks (every rank saves: the gathering is a collective)."""
         super().on_save_checkpoint(checkpoint)
-        checkpoint["rollout_counts"] = dict(self.rollout_counts)
-        checkpoint["rollout_reasons"] = dict(self.rollout_reasons)
+        report = rollout_report(self)
+        checkpoint["rollout_counts"], checkpoint["rollout_reasons"] = report["counts"], report["reasons"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The saved totals go to rank 0 (the others start from zero), so that summing over ranks counts them once."""
         super().on_load_checkpoint(checkpoint)
-        self.rollout_counts = Counter(checkpoint.get("rollout_counts", {}))
-        self.rollout_reasons = Counter(checkpoint.get("rollout_reasons", {}))
+        first = self.global_rank == 0
+        self.rollout_counts = Counter(checkpoint.get("rollout_counts", {}) if first else {})
+        self.rollout_reasons = Counter(checkpoint.get("rollout_reasons", {}) if first else {})
 
 
 def rollout_report(module: OnlineDPOModule) -> dict[str, dict[str, int]]:
