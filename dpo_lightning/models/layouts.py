@@ -23,6 +23,7 @@ layout (`collate.to_padded`) — same values, more compute — after one logged 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 EXACT_TOLERANCE = 1e-4  # relative error allowed when the probe computes in fp32 or fp64
 HALF_TOLERANCE = 2e-2  # … in fp16 or bf16 (weights or autocast); a broken mask is off by far more
-_PROBED: dict[tuple, str | None] = {}  # (decoder class, kernel, dtype, window) → problem (None: fit)
+_PROBED: dict[tuple, str | None] = {}  # (kind, body class, kernel, dtype, window) → problem (None: fit)
 
 
 def batch_for(model: PreTrainedModel, batch: Batch) -> Batch:
@@ -56,34 +57,41 @@ def batch_for(model: PreTrainedModel, batch: Batch) -> Batch:
 def layout_problem(model: PreTrainedModel) -> str | None:
     """Why `model` cannot take the 4-D-mask layouts (None: it can); probed once per decoder class, attention
     kernel, dtype and sliding window, and logged (rank 0) the first time it fails."""
-    decoder = model.get_decoder()
+    return probed("causal LM", model.get_decoder(), model, _probe)
+
+
+def probed(
+    kind: str, body: torch.nn.Module, model: PreTrainedModel, probe: Callable[[PreTrainedModel], str | None]
+) -> str | None:
+    """`probe(model)`'s verdict, run once per (kind, `body` class, attention kernel, dtype, sliding window) and
+    logged (rank 0) the first time it finds a problem: the batches are then rebuilt in the padded layout."""
     kernel = getattr(model.config, "_attn_implementation", None)
     window = getattr(model.config, "sliding_window", None)
-    key = (type(decoder).__name__, kernel, model.get_input_embeddings().weight.dtype, window)
+    key = (kind, type(body).__name__, kernel, model.get_input_embeddings().weight.dtype, window)
     if key not in _PROBED:
-        _PROBED[key] = _probe(model)
+        _PROBED[key] = probe(model)
         if _PROBED[key] is not None and rank_zero_only.rank == 0:
             log.warning(
                 "%s (attn_implementation=%s) cannot take the prefix-shared or packed layouts: %s; "
                 "its batches are rebuilt in the padded layout (same results, slower)",
-                key[0],
+                key[1],
                 kernel,
                 _PROBED[key],
             )
     return _PROBED[key]
 
 
-def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float((value.double() - reference.double()).norm() / reference.double().norm().clamp(min=1e-12))
 
 
-def _tolerance(model: PreTrainedModel, device: torch.device) -> float:
+def probe_tolerance(model: PreTrainedModel, device: torch.device) -> float:
     dtype = model.get_input_embeddings().weight.dtype
     half = dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(device.type)
     return HALF_TOLERANCE if half else EXACT_TOLERANCE
 
 
-def _probe_pairs(vocab_size: int) -> list[TokenizedPair]:
+def probe_pairs(vocab_size: int) -> list[TokenizedPair]:
     """Two small pairs of fixed, varied token ids (prompts of 3 and 2 tokens, responses of 1 to 3)."""
     ids = [(7 * i + 3) % vocab_size for i in range(14)]
     return [TokenizedPair(ids[0:3], ids[3:5], ids[5:8]), TokenizedPair(ids[8:10], ids[10:13], ids[13:14])]
@@ -96,8 +104,8 @@ def _probe(model: PreTrainedModel) -> str | None:
     if window is not None and getattr(model.config, "use_sliding_window", True):
         return f"sliding-window attention ({window} tokens), which a 4-D mask would replace"
     device = model.get_input_embeddings().weight.device
-    tolerance = _tolerance(model, device)
-    pairs = _probe_pairs(model.get_input_embeddings().num_embeddings)
+    tolerance = probe_tolerance(model, device)
+    pairs = probe_pairs(model.get_input_embeddings().num_embeddings)
     training = model.training
     model.eval()
     try:
@@ -111,7 +119,7 @@ def _probe(model: PreTrainedModel) -> str | None:
             ).last_hidden_state
             for mask in (torch.ones_like(ids), decoder_mask(model, causal))
         ]
-        error = _relative_error(hidden[1], hidden[0])
+        error = relative_error(hidden[1], hidden[0])
         if not error <= tolerance:
             return f"an explicit 4-D causal mask changes its hidden states (relative error {error:.2g})"
         reference = token_logprobs(model, collate_padded(pairs, 0).to(device))
@@ -119,7 +127,7 @@ def _probe(model: PreTrainedModel) -> str | None:
             ("prefix-shared", collate_prefix_shared(pairs, 0)),
             ("packed", collate_packed(pairs, 0, max_tokens=64)),
         ):
-            error = _relative_error(token_logprobs(model, batch.to(device)), reference)
+            error = relative_error(token_logprobs(model, batch.to(device)), reference)
             if not error <= tolerance:
                 return f"{name} log-probs differ from the padded layout's (relative error {error:.2g})"
         return None

@@ -43,17 +43,13 @@ from __future__ import annotations
 import logging
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from transformers import PreTrainedModel
 
 from dpo_lightning.data.collate import Batch, collate_packed, collate_padded, collate_prefix_shared, to_padded
-from dpo_lightning.data.tokenize import TokenizedPair
-from dpo_lightning.models.layouts import EXACT_TOLERANCE, HALF_TOLERANCE
+from dpo_lightning.models.layouts import probe_pairs, probe_tolerance, probed, relative_error
 from dpo_lightning.models.logprobs import decoder_mask
 
 log = logging.getLogger(__name__)
-
-_PROBED: dict[tuple, str | None] = {}  # (body class, kernel, dtype, window) → problem (None: fit)
 
 
 def score_head(model: PreTrainedModel) -> torch.nn.Module:
@@ -126,20 +122,7 @@ def reward_layout_problem(model: PreTrainedModel) -> str | None:
     of two pairs, padded layout vs. prefix-shared vs. packed, must agree within `layouts`' tolerances (relative
     error 1e-4 in fp32, 2e-2 in fp16/bf16); a sliding window is refused from the config (a 4-D mask replaces it).
     """
-    kernel = getattr(model.config, "_attn_implementation", None)
-    window = getattr(model.config, "sliding_window", None)
-    key = (type(model.base_model).__name__, kernel, model.get_input_embeddings().weight.dtype, window)
-    if key not in _PROBED:
-        _PROBED[key] = _probe(model)
-        if _PROBED[key] is not None and rank_zero_only.rank == 0:
-            log.warning(
-                "%s (attn_implementation=%s) cannot take the prefix-shared or packed layouts: %s; "
-                "its batches are rebuilt in the padded layout (same results, slower)",
-                key[0],
-                kernel,
-                _PROBED[key],
-            )
-    return _PROBED[key]
+    return probed("sequence classifier", model.base_model, model, _probe)
 
 
 @torch.no_grad()
@@ -148,10 +131,8 @@ def _probe(model: PreTrainedModel) -> str | None:
     if window is not None and getattr(model.config, "use_sliding_window", True):
         return f"sliding-window attention ({window} tokens), which a 4-D mask would replace"
     weights = model.get_input_embeddings().weight
-    half = weights.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(weights.device.type)
-    tolerance = HALF_TOLERANCE if half else EXACT_TOLERANCE
-    ids = [(7 * i + 3) % weights.shape[0] for i in range(14)]
-    pairs = [TokenizedPair(ids[0:3], ids[3:5], ids[5:8]), TokenizedPair(ids[8:10], ids[10:13], ids[13:14])]
+    tolerance = probe_tolerance(model, weights.device)
+    pairs = probe_pairs(weights.shape[0])
 
     def states(batch: Batch) -> torch.Tensor:  # [N, H] float64
         batch = batch.to(weights.device)
@@ -166,7 +147,7 @@ def _probe(model: PreTrainedModel) -> str | None:
     try:
         reference = states(collate_padded(pairs, 0))
         for name, batch in (("prefix-shared", collate_prefix_shared(pairs, 0)), ("packed", collate_packed(pairs, 0))):
-            error = float((states(batch) - reference).norm() / reference.norm().clamp(min=1e-12))
+            error = relative_error(states(batch), reference)
             if not error <= tolerance:
                 return f"{name} hidden states differ from the padded layout's (relative error {error:.2g})"
         return None
