@@ -49,6 +49,7 @@ def validate_config(cfg: DictConfig) -> None:
             "algorithm.center_coefficient",
             f"must be ≥ 0, got {cfg.algorithm.center_coefficient}",
         )
+        _require(cfg.algorithm.margin >= 0, "algorithm.margin", f"must be ≥ 0, got {cfg.algorithm.margin}")
     data = cfg.data
     check_batching(
         data.batch_size,

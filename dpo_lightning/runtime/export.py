@@ -112,14 +112,15 @@ def write_model_card(
         + (f" — {REFERENCE_STRATEGIES[reference]}" if reference in REFERENCE_STRATEGIES else ""),
     ]
     if reward_model:
-        centring = (config.get("algorithm") or {}).get("center_coefficient", 0.0)
+        algorithm = config.get("algorithm") or {}
+        centring, margin = algorithm.get("center_coefficient", 0.0), algorithm.get("margin", 0.0)
         lines = [
             f"# {name} reward model, trained with dpo-lightning",
             "",
             f"A Bradley–Terry reward model r(x, y) trained from {start} on the preference data of {data}: a "
             "sequence classifier with one output, its score read at the last token of prompt + response.",
             "",
-            f"- Objective: −log σ(r(x, y_w) − r(x, y_l)) + {centring} · (r(x, y_w) + r(x, y_l))²",
+            f"- Objective: −log σ(r(x, y_w) − r(x, y_l) − {margin}) + {centring} · (r(x, y_w) + r(x, y_l))²",
             "- Score a text with `AutoModelForSequenceClassification.from_pretrained(<folder>)`: the logit of "
             "prompt + response.",
         ]

@@ -94,7 +94,10 @@ def build_module(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, kl_referen
     )
     if cfg.algorithm.name == "reward_model":
         return RewardModelModule(
-            trained["model"], trained["optimizer"], center_coefficient=cfg.algorithm.center_coefficient
+            trained["model"],
+            trained["optimizer"],
+            center_coefficient=cfg.algorithm.center_coefficient,
+            margin=cfg.algorithm.margin,
         )
     if cfg.algorithm.name != "online":
         return DPOLitModule(**trained)

@@ -68,6 +68,8 @@ class RewardModelModule(L.LightningModule):
             (`models.loading.model_config`), or a one-label `…ForSequenceClassification` to train as it is.
         optimizer: a `_target_` optimizer class and its arguments, plus `warmup_steps` for the linear learning-rate
             warm-up (missing keys: AdamW, lr 1e-4, no warm-up).
+        margin: m in −log σ(r_w − r_l − m): the chosen reward must beat the rejected one by m (0: the plain loss;
+            one value for every pair — TRL reads a per-pair margin column, which the batches here do not carry).
         center_coefficient: c of the centring term c · (r_w + r_l)² (`bradley_terry_loss`; 0: none, TRL suggests
             0.01).
         eos_token_id: the EOS the tokenizer appends to every response; None: the tokenizer's (`model.pad_token`
@@ -79,6 +81,7 @@ class RewardModelModule(L.LightningModule):
         model: Mapping[str, Any] | str | PreTrainedModel,
         optimizer: Mapping[str, Any] | None = None,
         center_coefficient: float = 0.0,
+        margin: float = 0.0,
         eos_token_id: int | None = None,
     ) -> None:
         super().__init__()
@@ -93,13 +96,14 @@ class RewardModelModule(L.LightningModule):
                 "model": described,
                 "optimizer": None if optimizer is None else dict(optimizer),
                 "center_coefficient": center_coefficient,
+                "margin": margin,
                 "eos_token_id": eos_token_id,
             },
             logger=False,
         )
         self.model_settings: dict[str, Any] = {} if given_model is not None else model
         self.optimizer_config = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
-        self.center_coefficient = center_coefficient
+        self.center_coefficient, self.margin = center_coefficient, margin
         self.eos_token_id = eos_token_id
         self.model: PreTrainedModel | None = given_model
         self.on_validation_epoch_start()  # the validation metric totals
@@ -134,7 +138,8 @@ class RewardModelModule(L.LightningModule):
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
         rewards = self.rewards(batch)  # [S]
         better, worse = batch.pair_index  # [Q], [Q]
-        losses = bradley_terry_loss(rewards[better], rewards[worse], center_coefficient=self.center_coefficient)
+        margin = torch.full_like(rewards[better], self.margin) if self.margin else None
+        losses = bradley_terry_loss(rewards[better], rewards[worse], margin, self.center_coefficient)
         metrics = reward_metrics(rewards[better], rewards[worse], losses)
         if stage == "val":
             self.validation_totals.add(metrics, counted=not batch.placeholder, device=self.device)

@@ -3,6 +3,7 @@ logged loss is the Bradley–Terry loss of its rewards, and a short run learns a
 
 from __future__ import annotations
 
+import math
 import random
 
 import lightning as L
@@ -127,8 +128,9 @@ def test_the_exported_model_scores_texts_as_the_module_rewards_them(module, tmp_
             torch.testing.assert_close(rewards, scores, atol=1e-5, rtol=0)
 
 
-def test_the_logged_loss_is_the_bradley_terry_loss_of_the_rewards(monkeypatch):
-    module = RewardModelModule("tiny", center_coefficient=0.1)
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_the_logged_loss_is_the_bradley_terry_loss_of_the_rewards(margin, monkeypatch):
+    module = RewardModelModule("tiny", center_coefficient=0.1, margin=margin)
     module.configure_model()
     logged = {}
     monkeypatch.setattr(module, "log_dict", lambda values, **options: logged.update(values))
@@ -143,7 +145,12 @@ def test_the_logged_loss_is_the_bradley_terry_loss_of_the_rewards(monkeypatch):
         first += k
     better, worse = torch.tensor(pairs).T
     chosen, rejected = rewards[better], rewards[worse]
-    expected = bradley_terry_loss(chosen, rejected, center_coefficient=0.1).mean()
+    # by hand in float64: −log σ(r_w − r_l − m) + c·(r_w + r_l)²
+    hand = [
+        -math.log(1 / (1 + math.exp(-(w - lose - margin)))) + 0.1 * (w + lose) ** 2
+        for w, lose in zip(chosen.double().tolist(), rejected.double().tolist(), strict=True)
+    ]
+    expected = torch.tensor(sum(hand) / len(hand), dtype=torch.float32)
     torch.testing.assert_close(logged["train/loss"], expected)
     torch.testing.assert_close(loss.detach(), expected)
     torch.testing.assert_close(logged["train/accuracy"], (chosen > rejected).float().mean())
