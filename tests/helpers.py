@@ -332,8 +332,9 @@ def _between(text: str, start: str, end: str) -> str:
 class FakeChatServer:
     """`POST /v1/chat/completions` on 127.0.0.1. Each request takes the next of `modes` (then `default`):
 
-    answer: "A" or "B", whichever response holds the word GOOD; garbage: no final A/B; 500: an error whose body
-    echoes the Authorization header; notjson: HTML; slow: the answer after 1 s. Records every request.
+    answer: "A" or "B", whichever response holds the word GOOD (a listwise request: a ranking, GOOD responses
+    first); garbage: no final A/B or ranking; 500: an error whose body echoes the Authorization header; notjson:
+    HTML; slow: the answer after 1 s. Records every request.
     """
 
     def __init__(self, default: str = "answer", modes: list[str] | None = None) -> None:
@@ -362,7 +363,12 @@ class FakeChatServer:
                 if mode == "slow":
                     time.sleep(1.0)
                 answer = "Both are fine, really."
-                if mode != "garbage":
+                if mode != "garbage" and "\nRanking: " in content:  # a listwise request: GOOD responses first
+                    shown = content.split("\n\nResponse ")[1:]
+                    numbers = [int(block.split(":", 1)[0]) for block in shown]
+                    order = sorted(numbers, key=lambda n: "GOOD" not in shown[n - 1])
+                    answer = "Comparison: GOOD ones first.\nRanking: " + " > ".join(map(str, order))
+                elif mode != "garbage":
                     prompt = _between(content, "Query: ", "\n\nResponse A:")
                     a = _between(content, "Response A:\n", "\n\nResponse B:")
                     b = _between(content, "Response B:\n", "\n\nFIRST")

@@ -130,6 +130,16 @@ def parse_final_answer(answer: str) -> Literal["A", "B"] | None:
     return match.group(1).upper() if match else None  # type: ignore[return-value]
 
 
+def check_template(template: str, fields: set[str], key: str) -> None:
+    """A ConfigError naming `key` unless `template` is a format string using exactly `fields`."""
+    try:
+        found = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as error:
+        raise ConfigError(key, f"not a format string: {error}") from error
+    if found != fields:
+        raise ConfigError(key, f"must use exactly the fields {sorted(fields)}, found {sorted(found)}")
+
+
 class _Failed(Exception):
     """One comparison could not be judged; `reason` is short and never holds a secret or a response body."""
 
@@ -139,32 +149,16 @@ class _Failed(Exception):
         self.retry = retry
 
 
-class LLMJudge(Judge):
-    """An LLM behind an OpenAI-compatible `{url}/chat/completions` endpoint, at temperature 0.
+class ChatClient:
+    """An LLM behind an OpenAI-compatible `{url}/chat/completions` endpoint, asked at temperature 0, for judges.
 
-    Each comparison shows the two responses as A and B in an order drawn from `random.Random(seed)` (position-bias
-    control) and maps the model's final "A"/"B" back to first/second. Timeouts, connection errors and HTTP 408/409/
-    429/5xx are retried up to `max_retries` times (waiting `retry_backoff_s`·2^attempt); then, like HTTP errors,
-    non-JSON replies and answers without a final A or B, they give a "failed" verdict with a short reason.
-
-    The API key is read from the environment variable named `api_key_env` and sent as `Authorization: Bearer …`
-    (a variable that is not set: no header, fine for local servers). It never appears in a reason, log or repr.
-
-    Args:
-        url: the API base, e.g. `https://api.openai.com/v1` or `http://localhost:8000/v1`.
-        model: the model name sent with each request.
-        api_key_env: name of the environment variable holding the key; None: never send one.
-        timeout_s: per-request timeout in seconds.
-        max_retries: extra attempts after a retryable failure.
-        template: the judging prompt, with `{prompt}`, `{response_a}`, `{response_b}` (literal braces doubled);
-            None: `DEFAULT_TEMPLATE`.
-        seed: seeds the A/B order.
-        max_tokens: the answer's token limit sent with each request; None: not sent (the server's default).
-        concurrency: requests in flight at once in `compare_many`.
-        retry_backoff_s: the wait before the first retry; doubled for each further one.
+    Timeouts, connection errors and HTTP 408/409/429/5xx are retried up to `max_retries` times (waiting
+    `retry_backoff_s`·2^attempt); then, like HTTP errors and non-JSON replies, `reply` gives a short reason
+    instead of the text. The API key is read from the environment variable named `api_key_env` and sent as
+    `Authorization: Bearer …` (a variable that is not set: no header, fine for local servers). It never appears in
+    a reason, log or repr. `key`: where the client's settings sit in the config (`judge`, `algorithm.labeller`),
+    named in errors. Arguments as `LLMJudge`'s.
     """
-
-    name = "llm"
 
     def __init__(
         self,
@@ -173,38 +167,28 @@ class LLMJudge(Judge):
         api_key_env: str | None = "OPENAI_API_KEY",
         timeout_s: float = 30,
         max_retries: int = 2,
-        template: str | None = DEFAULT_TEMPLATE,
         seed: int = 0,
         max_tokens: int | None = None,
         concurrency: int = 4,
         retry_backoff_s: float = 1.0,
+        key: str = "judge",
     ) -> None:
-        template = DEFAULT_TEMPLATE if template is None else template
-        try:
-            fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-        except ValueError as error:
-            raise ConfigError("judge.template", f"not a format string: {error}") from error
-        if fields != TEMPLATE_FIELDS:
-            raise ConfigError(
-                "judge.template", f"must use exactly the fields {sorted(TEMPLATE_FIELDS)}, found {sorted(fields)}"
-            )
         if api_key_env is not None and not _ENV_NAME.match(api_key_env):
             # Never echo the value: a key pasted here by mistake would end up in the terminal.
             raise ConfigError(
-                "judge.api_key_env", "must name an environment variable (e.g. OPENAI_API_KEY), not hold a key"
+                f"{key}.api_key_env", "must name an environment variable (e.g. OPENAI_API_KEY), not hold a key"
             )
         if timeout_s <= 0:
-            raise ConfigError("judge.timeout_s", f"must be > 0, got {timeout_s}")
+            raise ConfigError(f"{key}.timeout_s", f"must be > 0, got {timeout_s}")
         if max_retries < 0:
-            raise ConfigError("judge.max_retries", f"must be ≥ 0, got {max_retries}")
+            raise ConfigError(f"{key}.max_retries", f"must be ≥ 0, got {max_retries}")
         if concurrency < 1:
-            raise ConfigError("judge.concurrency", f"must be ≥ 1, got {concurrency}")
+            raise ConfigError(f"{key}.concurrency", f"must be ≥ 1, got {concurrency}")
         self.url = url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
         self.timeout_s = timeout_s
         self.max_retries = max_retries
-        self.template = template
         self.seed = seed
         self.max_tokens = max_tokens
         self.concurrency = concurrency
@@ -213,39 +197,22 @@ class LLMJudge(Judge):
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         if api_key_env and not self._api_key:
-            log.info("judge.api_key_env: $%s is not set; sending no Authorization header", api_key_env)
+            log.info("%s.api_key_env: $%s is not set; sending no Authorization header", key, api_key_env)
         self._client = httpx.Client(headers=headers, timeout=timeout_s)
 
     def __repr__(self) -> str:
-        return f"LLMJudge(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        return f"{type(self).__name__}(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
 
     def redact(self, text: str) -> str:
+        """`text` with the API key replaced by `***`."""
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def compare(self, prompt: str, first: str, second: str) -> Verdict:
-        return self._compare(prompt, first, second, swap=self._rng.random() < 0.5)
-
-    def compare_many(self, prompts: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[Verdict]:
-        """`concurrency` requests at a time; the A/B orders are drawn in input order first, so results are the
-        same whatever the concurrency."""
-        if not len(prompts) == len(firsts) == len(seconds):
-            raise ValueError(f"compare_many: {len(prompts)} prompts, {len(firsts)} firsts, {len(seconds)} seconds")
-        swaps = [self._rng.random() < 0.5 for _ in prompts]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._compare, prompts, firsts, seconds, swaps))
-
-    def _compare(self, prompt: str, first: str, second: str, swap: bool) -> Verdict:
-        """Judge with `first` shown as A (or as B when `swap`), mapping the answer back."""
-        response_a, response_b = (second, first) if swap else (first, second)
-        content = self.template.format(prompt=prompt, response_a=response_a, response_b=response_b)
+    def reply(self, content: str) -> tuple[str, None] | tuple[None, str]:
+        """(the model's reply to the one-message chat `content`, None), or (None, the short reason it failed)."""
         try:
-            answer = self._ask(content)
+            return self._ask(content), None
         except _Failed as failure:
-            return Verdict("failed", self.redact(failure.reason))
-        letter = parse_final_answer(answer)
-        if letter is None:
-            return Verdict("failed", "answer has no final A or B")
-        return Verdict("first" if (letter == "A") != swap else "second")
+            return None, self.redact(failure.reason)
 
     def _ask(self, content: str) -> str:
         """The model's reply text, retrying retryable failures; raises `_Failed`."""
@@ -289,3 +256,56 @@ class LLMJudge(Judge):
     def close(self) -> None:
         """Close the HTTP connections."""
         self._client.close()
+
+
+class LLMJudge(ChatClient, Judge):
+    """An LLM behind an OpenAI-compatible `{url}/chat/completions` endpoint, at temperature 0 (`ChatClient`).
+
+    Each comparison shows the two responses as A and B in an order drawn from `random.Random(seed)` (position-bias
+    control) and maps the model's final "A"/"B" back to first/second. Failed requests (after `ChatClient`'s
+    retries), non-JSON replies and answers without a final A or B give a "failed" verdict with a short reason.
+
+    Args:
+        url: the API base, e.g. `https://api.openai.com/v1` or `http://localhost:8000/v1`.
+        model: the model name sent with each request.
+        api_key_env: name of the environment variable holding the key; None: never send one.
+        timeout_s: per-request timeout in seconds.
+        max_retries: extra attempts after a retryable failure.
+        template: the judging prompt, with `{prompt}`, `{response_a}`, `{response_b}` (literal braces doubled);
+            None: `DEFAULT_TEMPLATE`.
+        seed: seeds the A/B order.
+        max_tokens: the answer's token limit sent with each request; None: not sent (the server's default).
+        concurrency: requests in flight at once in `compare_many`.
+        retry_backoff_s: the wait before the first retry; doubled for each further one.
+    """
+
+    name = "llm"
+
+    def __init__(self, url: str, model: str, template: str | None = DEFAULT_TEMPLATE, **client: Any) -> None:
+        template = DEFAULT_TEMPLATE if template is None else template
+        check_template(template, TEMPLATE_FIELDS, "judge.template")
+        super().__init__(url, model, **client)
+        self.template = template
+
+    def compare(self, prompt: str, first: str, second: str) -> Verdict:
+        return self._compare(prompt, first, second, swap=self._rng.random() < 0.5)
+
+    def compare_many(self, prompts: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[Verdict]:
+        """`concurrency` requests at a time; the A/B orders are drawn in input order first, so results are the
+        same whatever the concurrency."""
+        if not len(prompts) == len(firsts) == len(seconds):
+            raise ValueError(f"compare_many: {len(prompts)} prompts, {len(firsts)} firsts, {len(seconds)} seconds")
+        swaps = [self._rng.random() < 0.5 for _ in prompts]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._compare, prompts, firsts, seconds, swaps))
+
+    def _compare(self, prompt: str, first: str, second: str, swap: bool) -> Verdict:
+        """Judge with `first` shown as A (or as B when `swap`), mapping the answer back."""
+        response_a, response_b = (second, first) if swap else (first, second)
+        answer, failure = self.reply(self.template.format(prompt=prompt, response_a=response_a, response_b=response_b))
+        if answer is None:
+            return Verdict("failed", failure)
+        letter = parse_final_answer(answer)
+        if letter is None:
+            return Verdict("failed", "answer has no final A or B")
+        return Verdict("first" if (letter == "A") != swap else "second")

@@ -12,6 +12,9 @@ A higher score is a better sample; equal scores state no preference. What ranks 
                      won, a tie counting half:  score_k = (wins_k + ties_k / 2) / judged_k.
                      A failed comparison (timeout, an answer that names neither) is counted and leaves that pair out
                      of both samples' shares; a sample none of whose comparisons was judged has no score (None).
+    LLMRanker        listwise: an LLM sees all K samples of a prompt at once (numbered in a seeded random order) and
+                     answers with a ranking, best first; place p of K scores K − p. One request per prompt; a failed
+                     request or an answer that is not a ranking of every sample is a counted failure (no scores).
 
 Nothing is dropped silently: `Labels.counts` holds the failed scores and judgements (with their reasons) and the
 tied comparisons; the rollout counts what becomes of the samples (`online/rollouts.py`).
@@ -20,12 +23,15 @@ tied comparisons; the rollout counts what becomes of the samples (`online/rollou
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
-from dpo_lightning.eval.judges import Judge
+from dpo_lightning.eval.judges import ChatClient, Judge, check_template
 from dpo_lightning.eval.rewards import Reward
 
 
@@ -107,3 +113,79 @@ class JudgeLabeller(Labeller):
         for p, group in enumerate(samples):
             labels.scores.append([points[p][k] / judged[p][k] if judged[p][k] else None for k in range(len(group))])
         return labels
+
+
+# Modelled on the pairwise win-rate prompt (judges.DEFAULT_TEMPLATE), for K responses at once.
+DEFAULT_RANKING_TEMPLATE = """For the following query to a chatbot, rank the {count} responses from most to least \
+helpful.
+
+Query: {prompt}
+
+{responses}
+
+FIRST provide a one-sentence comparison of the responses. SECOND, on a new line, state only the ranking: the \
+response numbers from most to least helpful, separated by ">". Your response should use the format:
+Comparison: <one-sentence comparison>
+Ranking: <e.g. 2 > 3 > 1>"""
+RANKING_FIELDS = {"prompt", "responses", "count"}
+_RANKING_LINE = re.compile(r"^(?:[^:\n]*:)?[\s*`\"']*(\d+(?:\s*[>,]\s*\d+)+)[\s*`\"'.]*$")
+
+
+def parse_ranking(answer: str, count: int) -> list[int] | None:
+    """The 0-based response indices, best first, that the answer's last non-empty line ranks ("Ranking: 2 > 3 > 1"
+    → [1, 2, 0]), or None unless it is a ranking of exactly the `count` responses."""
+    lines = [line.strip() for line in answer.strip().splitlines() if line.strip()]
+    match = _RANKING_LINE.match(lines[-1]) if lines else None
+    if match is None:
+        return None
+    ranking = [int(number) - 1 for number in re.split(r"\s*[>,]\s*", match.group(1))]
+    return ranking if sorted(ranking) == list(range(count)) else None
+
+
+class LLMRanker(ChatClient, Labeller):
+    """Listwise labelling by an LLM behind an OpenAI-compatible endpoint (module docstring; `ChatClient` for the
+    connection, retries and the API key). The responses are shown numbered in an order drawn from
+    `random.Random(seed)` for each prompt (position-bias control), drawn in input order, so results do not depend
+    on `concurrency`.
+
+    Args:
+        url: the API base, e.g. `https://api.openai.com/v1` or `http://localhost:8000/v1`.
+        model: the model name sent with each request.
+        template: the ranking prompt, with `{prompt}`, `{responses}` (the numbered responses) and `{count}`; None:
+            `DEFAULT_RANKING_TEMPLATE`.
+        **client: `ChatClient`'s other arguments (api_key_env, timeout_s, max_retries, seed, max_tokens, concurrency,
+            retry_backoff_s), as `eval.judges.LLMJudge` takes them.
+    """
+
+    name = "llm_ranking"
+
+    def __init__(self, url: str, model: str, template: str | None = None, **client: Any) -> None:
+        template = DEFAULT_RANKING_TEMPLATE if template is None else template
+        check_template(template, RANKING_FIELDS, "algorithm.labeller.template")
+        super().__init__(url, model, key="algorithm.labeller", **client)
+        self.template = template
+
+    def label(self, prompts: list[str], samples: list[list[str]]) -> Labels:
+        orders = [self._rng.sample(range(len(group)), len(group)) for group in samples]  # shown k-th: group[order[k]]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            results = list(pool.map(self._rank, prompts, samples, orders))
+        labels = Labels([])
+        for group, (scores, reason) in zip(samples, results, strict=True):
+            if scores is None:
+                labels.counts["failed_judgements"] += 1
+                labels.reasons[reason] += 1
+            labels.scores.append(scores if scores is not None else [None] * len(group))
+        return labels
+
+    def _rank(self, prompt: str, group: list[str], order: list[int]) -> tuple[list[float] | None, str]:
+        shown = "\n\n".join(f"Response {k + 1}:\n{group[index]}" for k, index in enumerate(order))
+        answer, failure = self.reply(self.template.format(prompt=prompt, responses=shown, count=len(group)))
+        if answer is None:
+            return None, failure
+        ranking = parse_ranking(answer, len(group))
+        if ranking is None:
+            return None, "answer has no ranking of every response"
+        scores = [0.0] * len(group)
+        for place, shown_index in enumerate(ranking):
+            scores[order[shown_index]] = float(len(group) - place)
+        return scores, ""

@@ -8,7 +8,7 @@ from itertools import combinations
 from helpers import FakeChatServer
 
 from dpo_lightning.eval.judges import Judge, LLMJudge, Verdict
-from dpo_lightning.eval.labellers import JudgeLabeller, RewardLabeller
+from dpo_lightning.eval.labellers import JudgeLabeller, LLMRanker, RewardLabeller, parse_ranking
 from dpo_lightning.eval.rewards import Reward, VaderReward, sentiment_reward
 
 
@@ -81,3 +81,28 @@ def test_an_llm_judge_that_times_out_or_answers_garbage_gives_counted_failures_n
     assert labels.reasons == {"answer has no final A or B": 1, "timeout after 0.3 s": 1}
     scored = [score for score in labels.scores[0] if score is not None]
     assert labels.scores[0][0] == 1.0 and len(scored) == 2  # GOOD won its one judged comparison
+
+
+def test_an_llm_ranking_scores_samples_by_their_place_and_counts_failed_rankings():
+    prompts = ["first prompt", "second prompt", "third prompt"]
+    samples = [["bad one", "GOOD one", "bad two"], ["GOOD a", "bad b"], ["x", "y"]]
+    with FakeChatServer(modes=["answer", "answer", "garbage"]) as server:
+        ranker = LLMRanker(server.url, "m", api_key_env=None, max_retries=0, concurrency=1, seed=3)
+        labels = ranker.label(prompts, samples)
+        ranker.close()
+    assert labels.scores[0][1] == 3.0 and sorted(labels.scores[0]) == [1.0, 2.0, 3.0]  # GOOD first of three
+    assert labels.scores[1] == [2.0, 1.0]
+    assert labels.scores[2] == [None, None]
+    assert labels.counts == {"failed_judgements": 1} and labels.reasons == {
+        "answer has no ranking of every response": 1
+    }
+    shown = [request["messages"][0]["content"] for request in server.requests]
+    assert all("Response 1:" in text and "Ranking:" in text for text in shown)
+
+
+def test_parse_ranking_accepts_only_a_ranking_of_every_response():
+    assert parse_ranking("Comparison: …\nRanking: 2 > 3 > 1", 3) == [1, 2, 0]
+    assert parse_ranking("**Ranking:** 3, 1, 2.", 3) == [2, 0, 1]
+    assert parse_ranking("Ranking: 2 > 2 > 1", 3) is None  # not a permutation
+    assert parse_ranking("Ranking: 1 > 2", 3) is None  # one left out
+    assert parse_ranking("Response 2 is best.", 2) is None

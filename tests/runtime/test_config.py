@@ -35,6 +35,7 @@ REQUIRED = {
     "hf": ["model.name_or_path=gpt2"],
     "reward_model": ["algorithm.labeller.reward.name_or_path=RM"],
     "judge": ["algorithm.labeller.judge.model=judge-model"],
+    "llm_ranking": ["algorithm.labeller.model=judge-model"],
 }
 
 
