@@ -35,6 +35,7 @@ __all__ = [  # the API; grouped by module in `_MODULES`
     "APODown",
     "APOZero",
     "BCOPair",
+    "ClassifierReward",
     "Combo",
     "ConfigError",
     "DPOLitModule",
@@ -43,24 +44,33 @@ __all__ = [  # the API; grouped by module in `_MODULES`
     "EXOPair",
     "FrozenCopy",
     "Hinge",
+    "JudgeLabeller",
+    "LLMRanker",
     "LocalSource",
     "LoraAdapters",
     "LoraSettings",
     "NCAPair",
     "Objective",
+    "OnlineDPOModule",
     "PeriodicSync",
     "PlackettLuce",
     "Precomputed",
     "PreferenceDataModule",
+    "PromptDataModule",
     "ReferenceFree",
     "ReferenceStrategy",
+    "RewardLabeller",
+    "RewardModelModule",
     "Robust",
+    "Rollouts",
     "RowsSource",
     "RunError",
     "SPPOHard",
+    "SamplingSettings",
     "SimPO",
     "TokenizeSettings",
     "Unlikelihood",
+    "VaderReward",
     "load_tokenizer",
     "model_config",
 ]
@@ -68,7 +78,14 @@ __all__ = [  # the API; grouped by module in `_MODULES`
 # The module that defines each lazily exported name (`load_tokenizer` is defined below).
 _MODULES: dict[str, tuple[str, ...]] = {
     "dpo_lightning.training.module": ("DPOLitModule",),
+    "dpo_lightning.training.reward_model": ("RewardModelModule",),
+    "dpo_lightning.online.module": ("OnlineDPOModule",),
+    "dpo_lightning.online.rollouts": ("Rollouts",),
+    "dpo_lightning.eval.labellers": ("RewardLabeller", "JudgeLabeller", "LLMRanker"),
+    "dpo_lightning.eval.rewards": ("VaderReward", "ClassifierReward"),
+    "dpo_lightning.eval.sampling": ("SamplingSettings",),
     "dpo_lightning.data.datamodule": ("PreferenceDataModule",),
+    "dpo_lightning.data.prompts": ("PromptDataModule",),
     "dpo_lightning.data.sources.rows": ("RowsSource",),
     "dpo_lightning.data.sources.local": ("LocalSource",),
     "dpo_lightning.data.tokenize": ("TokenizeSettings",),
@@ -110,10 +127,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time `__getattr__` 
     from transformers import PreTrainedTokenizerBase
 
     from dpo_lightning.data.datamodule import PreferenceDataModule
+    from dpo_lightning.data.prompts import PromptDataModule
     from dpo_lightning.data.sources.local import LocalSource
     from dpo_lightning.data.sources.rows import RowsSource
     from dpo_lightning.data.tokenize import TokenizeSettings
     from dpo_lightning.errors import ConfigError, DataError, RunError
+    from dpo_lightning.eval.labellers import JudgeLabeller, LLMRanker, RewardLabeller
+    from dpo_lightning.eval.rewards import ClassifierReward, VaderReward
+    from dpo_lightning.eval.sampling import SamplingSettings
     from dpo_lightning.losses.aot import AOT
     from dpo_lightning.losses.apo import APODown, APOZero
     from dpo_lightning.losses.base import Objective
@@ -144,7 +165,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time `__getattr__` 
         ReferenceFree,
         ReferenceStrategy,
     )
+    from dpo_lightning.online.module import OnlineDPOModule
+    from dpo_lightning.online.rollouts import Rollouts
     from dpo_lightning.training.module import DPOLitModule
+    from dpo_lightning.training.reward_model import RewardModelModule
 
 
 def __getattr__(name: str) -> Any:

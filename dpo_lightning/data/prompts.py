@@ -28,17 +28,18 @@ from dpo_lightning.data.tokenize import PairTokenizer, TokenizedPair, TokenizeSe
 from dpo_lightning.errors import ConfigError, DataError
 
 
-def task_prompts(source: Any, split: str, skipped: Counter[str] | None = None) -> Iterator[str]:
+def task_prompts(source: Any, split: str, skipped: Counter[str] | None = None, streaming: bool = True) -> Iterator[str]:
     """The text prompts of a task split, distinct, in data order: a prompt source's own `prompts(split)`
     (`task=imdb`, `task=prompts`), or the prompts of a preference source's usable rows.
 
     A bad row raises a DataError naming its file (or dataset), row and problem — or, given a `skipped` counter, is
     left out and counted there per problem. A row the task's recipe filters out (`sources.base.FILTERED`) is always
-    left out, and counted when there is a counter."""
+    left out, and counted when there is a counter. `streaming`: read a preference source lazily (only what is
+    used), or whole (a source that cannot stream: rows in memory with a held-out share)."""
     if hasattr(source, "prompts"):
         prompts: Iterator[Any] = source.prompts(split, skipped)
     else:
-        prompts = _usable_prompts(source.load(split, streaming=True), source.origin(split), skipped)
+        prompts = _usable_prompts(source.load(split, streaming=streaming), source.origin(split), skipped)
     seen: set[str] = set()
     for prompt in prompts:
         if not isinstance(prompt, str):
@@ -125,7 +126,7 @@ class PromptDataModule(PreferenceDataModule):
     def _read_prompts(self, split: str) -> list[list[int]]:
         skipped: Counter[str] | None = Counter() if self.skip_bad_rows else None
         texts = []
-        for prompt in task_prompts(self.source, split, skipped):
+        for prompt in task_prompts(self.source, split, skipped, streaming=self.streaming):
             if self.max_prompts is not None and split == "train" and len(texts) == self.max_prompts:
                 break
             texts.append(prompt)

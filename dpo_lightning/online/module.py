@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from dpo_lightning.data.collate import Batch, Collate, placeholder_batch
+from dpo_lightning.data.collate import Batch, Collate, collate_function, placeholder_batch
 from dpo_lightning.data.prompts import Prompts
 from dpo_lightning.data.streaming import all_ranks
 from dpo_lightning.online.rollouts import Rollouts
@@ -37,13 +37,16 @@ class OnlineDPOModule(DPOLitModule):
     Args:
         rollouts: samples, labels and ranks the prompts (`online.rollouts.Rollouts`).
         collate: the layout's collate function, with the pairs a pairwise objective takes from a ranking bound
-            (`data.collate.collate_function(layout, pad, max_tokens, ranking_pairs=algorithm.pairs)`).
+            (`data.collate.collate_function(layout, pad, max_tokens, ranking_pairs=algorithm.pairs)`); None: the
+            packed layout, best vs worst.
         **kwargs: DPOLitModule's arguments (model, loss, optimizer, reference, kl_reference).
     """
 
-    def __init__(self, *, rollouts: Rollouts, collate: Collate, **kwargs: Any) -> None:
+    def __init__(self, *, rollouts: Rollouts, collate: Collate | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.rollouts, self.collate = rollouts, collate
+        pad = rollouts.tokenizer.pad_token_id
+        self.rollouts = rollouts
+        self.collate = collate or collate_function("packed", pad, ranking_pairs="best_vs_worst")
         self.rollout_counts: Counter[str] = Counter()  # over the run so far (all steps, this rank)
         self.rollout_reasons: Counter[str] = Counter()  # why labels failed
 

@@ -7,7 +7,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT
+from helpers import ROOT, offline_env
 
 # The quick reproduction's frontier as the code gave it when the committed figures (README, docs/) were last
 # re-measured. A change that moves these numbers moves the full reproduction's too: re-run it
@@ -76,3 +76,19 @@ def test_quick_reproduction_runs_every_stage_and_plots_every_method(tmp_path):
         steps = [int(point["step"]) for point in run]
         assert steps == sorted(set(steps))  # the final validation's repeat is merged
     assert (tmp_path / "frontier.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # ~2 minutes: SFT, pairs, a reward model, 8 short runs, Best-of-N twice
+def test_the_on_policy_experiment_runs_end_to_end_quick(tmp_path):
+    """scripts/on_policy_experiment.py --quick: every method of docs/on-policy.md's experiment trains and is scored."""
+    command = [sys.executable, str(ROOT / "scripts" / "on_policy_experiment.py"), "--quick", "--seconds", "6",
+               "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=offline_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "experiment.csv").open()))
+    methods = {row["method"] for row in rows}
+    assert {"SFT", "offline DPO (SFT pairs)", "online DPO (VADER)", "online DPO (reward model)",
+            "iterative DPO (3 rounds)", "Best-of-N (VADER)", "Best-of-N (reward model)"} == methods  # fmt: skip
+    record = json.loads((tmp_path / "experiment.json").read_text())
+    assert 0 <= record["reward_model"]["held_out_accuracy"] <= 1
+    assert (tmp_path / "experiment.png").stat().st_size > 0

@@ -293,3 +293,14 @@ def test_the_docs_example_is_the_example_file():
     missing = [line for line in shown if not any(line == candidate for candidate in source)]
     assert not missing, f"lines of docs/python-api.md not in {EXAMPLE.name} (in order): {missing}"
     assert len(shown) >= 10
+
+
+def test_the_on_policy_example_of_the_page_trains_on_its_own_rollouts():
+    """The page's on-policy block, run as it is shown."""
+    text = DOCS.read_text()
+    block = re.search(r"## On-policy training.*?```python\n(.*?)```", text, re.DOTALL)
+    assert block is not None, "docs/python-api.md has no on-policy example"
+    namespace: dict = {}
+    exec(compile(block.group(1), str(DOCS), "exec"), namespace)  # our own documentation's code
+    counts = namespace["module"].rollout_counts
+    assert counts["prompts"] == 4 * 8 and counts["samples"] == 4 * 8 * 4
