@@ -157,6 +157,11 @@ class PPOSettings:
         for key in ("clip_range", "clip_range_value", "target_kl"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"algorithm.{key}", f"must be > 0, got {getattr(self, key)}")
+        if self.adaptive_kl and not self.kl_coef > 0:
+            raise ConfigError(
+                "algorithm.kl_coef",
+                f"must be > 0 with algorithm.adaptive_kl=true (the controller scales it), got {self.kl_coef}",
+            )
         for key in ("gamma", "lam"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"algorithm.{key}", f"must be in [0, 1], got {getattr(self, key)}")
@@ -182,6 +187,11 @@ def ppo_settings(cfg: DictConfig) -> PPOSettings:
         raise ConfigError(
             "algorithm.labeller",
             "PPO needs an absolute reward r(x, y): labeller@algorithm.labeller=reward (PPO-GT) or reward_model (PPO)",
+        )
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ConfigError(
+            "trainer.accumulate_grad_batches",
+            "algorithm=ppo steps its optimizer itself (algorithm.mini_batch_size responses a step): set it to 1",
         )
     strategy = cfg.trainer.get("strategy")
     if isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("FSDP2Strategy"):
