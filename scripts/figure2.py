@@ -38,8 +38,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
-from on_policy_experiment import FULL, QUICK, SAMPLING, SECOND_STAGE, evaluation_prompts, train  # noqa: E402
-from sentiment_frontier import run_command  # noqa: E402
+from on_policy_experiment import (  # noqa: E402
+    FULL,
+    QUICK,
+    SAMPLING,
+    SECOND_STAGE,
+    evaluation_prompts,
+    first_stage,
+    run_best_of_n,
+    train,
+)
 
 from dpo_lightning.eval.frontier import FrontierPoint, plot_frontier  # noqa: E402
 from dpo_lightning.eval.policy_eval import reward_and_kl  # noqa: E402
@@ -80,25 +88,9 @@ def main() -> None:
     args = parser.parse_args()
     plan, out, started = (QUICK if args.quick else FULL), args.out.resolve(), time.perf_counter()
     steps, ppo = (QUICK_STEPS, QUICK_PPO) if args.quick else (STEPS, PPO)
-    python = sys.executable
 
-    sft = train("sft", out, ["loss=sft", "samples.num_prompts=0", *plan["sft"]])
-    pairs = out / "pairs"
-    if not (pairs / "provenance.json").is_file():
-        command = [
-            python,
-            "-m",
-            "dpo_lightning.cli.pairs",
-            f"policy={sft}",
-            "sampling.max_new_tokens=32",
-            *plan["pairs"],
-        ]
-        run_command([*command, f"hydra.run.dir={pairs}"], out / "pairs.log")
-    on_pairs = ["task=local", f"task.source.path={pairs / 'train.parquet'}",
-                f"task.source.val_path={pairs / 'validation.parquet'}", "reward@task.reward=vader"]  # fmt: skip
-    rm = train(
-        "reward_model", out, ["algorithm=reward_model", *on_pairs, f"model.init_from={sft}", *plan["reward_model"]]
-    )
+    sft, on_pairs, rm = first_stage(out, plan)
+    on_pairs = [*on_pairs, "reward@task.reward=vader"]  # val/reward of the offline runs' samples
     start = [f"model.init_from={sft}", *SECOND_STAGE]
     ppo_data = plan["online"][1:] if args.quick else []  # the quick run's small task
 
@@ -128,16 +120,7 @@ def main() -> None:
             train(f"{loss}/seed_{first}", out, [*start, *on_pairs, f"loss={loss}", *steps, f"seed={first}"])
         ]
 
-    best_of_n = {}
-    for labeller, overrides in {
-        "reward model": ["labeller=reward_model", f"labeller.reward.name_or_path={rm / 'policy'}"],
-        "VADER": [],
-    }.items():
-        folder = out / f"best_of_n_{labeller.replace(' ', '_')}"
-        if not (folder / "best_of_n.csv").is_file():
-            command = [python, "-m", "dpo_lightning.cli.best_of_n", f"policy={sft}", *plan["best_of_n"], *overrides]
-            run_command([*command, f"hydra.run.dir={folder}"], out / f"best_of_n_{labeller.replace(' ', '_')}.log")
-        best_of_n[labeller] = list(csv.DictReader((folder / "best_of_n.csv").open()))
+    best_of_n = run_best_of_n(out, plan, sft, rm / "policy")
 
     prompts = evaluation_prompts(plan["evaluation_prompts"])
     tokenizer, reference = load_tokenizer(model_config(str(sft / "policy"))), policy_of(sft)
