@@ -52,6 +52,8 @@ __all__ = [  # the API; grouped by module in `_MODULES`
     "NCAPair",
     "Objective",
     "OnlineDPOModule",
+    "PPOModule",
+    "PPOSettings",
     "PeriodicSync",
     "PlackettLuce",
     "Precomputed",
@@ -81,6 +83,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "dpo_lightning.training.reward_model": ("RewardModelModule",),
     "dpo_lightning.online.module": ("OnlineDPOModule",),
     "dpo_lightning.online.rollouts": ("Rollouts",),
+    "dpo_lightning.online.ppo": ("PPOModule",),
+    "dpo_lightning.online.settings": ("PPOSettings",),
     "dpo_lightning.eval.labellers": ("RewardLabeller", "JudgeLabeller", "LLMRanker"),
     "dpo_lightning.eval.rewards": ("VaderReward", "ClassifierReward"),
     "dpo_lightning.eval.sampling": ("SamplingSettings",),
@@ -166,7 +170,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time `__getattr__` 
         ReferenceStrategy,
     )
     from dpo_lightning.online.module import OnlineDPOModule
+    from dpo_lightning.online.ppo import PPOModule
     from dpo_lightning.online.rollouts import Rollouts
+    from dpo_lightning.online.settings import PPOSettings
     from dpo_lightning.training.module import DPOLitModule
     from dpo_lightning.training.reward_model import RewardModelModule
 

@@ -128,28 +128,14 @@ def wall_clock(folder: Path) -> float:
     return float(json.loads((folder / "summary.json").read_text()).get("wall_time_s", math.nan))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "on-policy", help="output folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (≥ 2 for errors)")
-    parser.add_argument("--seconds", type=float, default=45.0, help="training wall-clock of every method and seed")
-    parser.add_argument("--quick", action="store_true", help="the reduced version (tests)")
-    args = parser.parse_args()
-    plan, out, started = (QUICK if args.quick else FULL), args.out.resolve(), time.perf_counter()
-    python = sys.executable
-
+def first_stage(out: Path, plan: dict) -> tuple[Path, list[str], Path]:
+    """SFT, pairs sampled from it and labelled by VADER, and a reward model on those pairs (each skipped when it
+    exists): the SFT run folder, the overrides that train on the pairs (`task=local`), the reward-model run folder."""
     sft = train("sft", out, ["loss=sft", "samples.num_prompts=0", *plan["sft"]])
     pairs = out / "pairs"
     if not (pairs / "provenance.json").is_file():
-        command = [
-            python,
-            "-m",
-            "dpo_lightning.cli.pairs",
-            f"policy={sft}",
-            "sampling.max_new_tokens=32",
-            *plan["pairs"],
-        ]
-        run_command([*command, f"hydra.run.dir={pairs}"], out / "pairs.log")
+        command = [sys.executable, "-m", "dpo_lightning.cli.pairs", f"policy={sft}", "sampling.max_new_tokens=32"]
+        run_command([*command, *plan["pairs"], f"hydra.run.dir={pairs}"], out / "pairs.log")
     on_pairs = [
         "task=local",
         f"task.source.path={pairs / 'train.parquet'}",
@@ -158,6 +144,33 @@ def main() -> None:
     rm = train(
         "reward_model", out, ["algorithm=reward_model", *on_pairs, f"model.init_from={sft}", *plan["reward_model"]]
     )
+    return sft, on_pairs, rm
+
+
+def run_best_of_n(out: Path, plan: dict, sft: Path, rm_policy: Path) -> dict[str, list[dict[str, str]]]:
+    """Best-of-N from the SFT model, VADER and the reward model picking (each skipped when it exists): the rows of
+    each labeller's best_of_n.csv."""
+    rows = {}
+    labellers = {"VADER": [], "reward model": ["labeller=reward_model", f"labeller.reward.name_or_path={rm_policy}"]}
+    for labeller, overrides in labellers.items():
+        name = f"best_of_n_{labeller.replace(' ', '_')}"
+        if not (out / name / "best_of_n.csv").is_file():
+            command = [sys.executable, "-m", "dpo_lightning.cli.best_of_n", f"policy={sft}", *plan["best_of_n"]]
+            run_command([*command, *overrides, f"hydra.run.dir={out / name}"], out / f"{name}.log")
+        rows[labeller] = list(csv.DictReader((out / name / "best_of_n.csv").open()))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "on-policy", help="output folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (≥ 2 for errors)")
+    parser.add_argument("--seconds", type=float, default=45.0, help="training wall-clock of every method and seed")
+    parser.add_argument("--quick", action="store_true", help="the reduced version (tests)")
+    args = parser.parse_args()
+    plan, out, started = (QUICK if args.quick else FULL), args.out.resolve(), time.perf_counter()
+
+    sft, on_pairs, rm = first_stage(out, plan)
     rm_policy = rm / "policy"
 
     start, budget = [f"model.init_from={sft}", *SECOND_STAGE], max_time(args.seconds)
@@ -179,16 +192,7 @@ def main() -> None:
             folder += "_rm" if "reward model" in name else ""
             runs[name].append(train(folder, out, [*start, *overrides, f"seed={seed}"]))
 
-    best_of_n = {}
-    for labeller, overrides in {
-        "VADER": [],
-        "reward model": ["labeller=reward_model", f"labeller.reward.name_or_path={rm_policy}"],
-    }.items():
-        folder = out / f"best_of_n_{labeller.replace(' ', '_')}"
-        if not (folder / "best_of_n.csv").is_file():
-            command = [python, "-m", "dpo_lightning.cli.best_of_n", f"policy={sft}", *plan["best_of_n"], *overrides]
-            run_command([*command, f"hydra.run.dir={folder}"], out / f"best_of_n_{labeller.replace(' ', '_')}.log")
-        best_of_n[labeller] = list(csv.DictReader((folder / "best_of_n.csv").open()))
+    best_of_n = run_best_of_n(out, plan, sft, rm_policy)
 
     prompts = evaluation_prompts(plan["evaluation_prompts"])
     tokenizer, reference = (
@@ -248,7 +252,7 @@ def main() -> None:
     record = {
         "reward_model": {
             "held_out_accuracy": rm_summary.get("val/accuracy"),
-            "held_out_pairs": str(pairs / "validation.parquet"),
+            "held_out_pairs": str(out / "pairs" / "validation.parquet"),
             "agreement_with_vader": {
                 "SFT samples": agreement(scorer, sft, prompts),
                 "online DPO (reward model) samples, seed 0": agreement(

@@ -78,27 +78,33 @@ def token_logprobs(model: PreTrainedModel, batch: Batch, chunk_size: int = 2048,
     Returns:
         token_logps: [N] fp32 log p(token | prefix), in the order of `batch.target_ids`.
     """
-    hidden = (
-        model.get_decoder()(
-            input_ids=batch.input_ids,
-            attention_mask=decoder_mask(model, batch.attention_mask),
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).last_hidden_state  # [R, T, H]
-    )
+    hidden = decoder_hidden(model, batch)  # [R, T, H]
     head = model.get_output_embeddings()
     if not lean:
         logps = head(hidden).float().log_softmax(-1)  # [R, T, V] fp32
         return logps[batch.target_rows, batch.target_positions, batch.target_ids]  # [N] fp32
-    response_hidden = hidden[batch.target_rows, batch.target_positions]  # [N, H]
+    return response_logprobs(head, hidden[batch.target_rows, batch.target_positions], batch.target_ids, chunk_size)
+
+
+def decoder_hidden(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """[R, T, H] the decoder's last hidden states of the batch's rows (any layout)."""
+    return model.get_decoder()(
+        input_ids=batch.input_ids,
+        attention_mask=decoder_mask(model, batch.attention_mask),
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ).last_hidden_state
+
+
+def response_logprobs(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 2048
+) -> torch.Tensor:
+    """[N] fp32 log p(target) from the [N, H] hidden states that predict the N targets, the head run `chunk_size`
+    positions at a time (at most one fp32 [chunk, V] logits block alive)."""
     return torch.cat(
         [
-            _token_logps(
-                head,
-                response_hidden[start : start + chunk_size],
-                batch.target_ids[start : start + chunk_size],
-            )
-            for start in range(0, response_hidden.shape[0], chunk_size)
+            _token_logps(head, hidden[start : start + chunk_size], targets[start : start + chunk_size])
+            for start in range(0, hidden.shape[0], chunk_size)
         ]
     )  # [N] fp32
 

@@ -31,7 +31,28 @@ from dpo_lightning.online.rollouts import Rollouts
 from dpo_lightning.training.module import DPOLitModule
 
 
-class OnlineDPOModule(DPOLitModule):
+class CountsRollouts:
+    """Keeps `rollout_counts` and `rollout_reasons` (Counters the module updates on every rollout) in checkpoints,
+    summed over ranks; for LightningModules that sample their own training data."""
+
+    rollout_counts: Counter[str]
+    rollout_reasons: Counter[str]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the run's rollout counts summed over ranks (every rank saves: the gathering is a collective)."""
+        super().on_save_checkpoint(checkpoint)
+        report = rollout_report(self)
+        checkpoint["rollout_counts"], checkpoint["rollout_reasons"] = report["counts"], report["reasons"]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The saved totals go to rank 0 (the others start from zero), so that summing over ranks counts them once."""
+        super().on_load_checkpoint(checkpoint)
+        first = self.global_rank == 0
+        self.rollout_counts = Counter(checkpoint.get("rollout_counts", {}) if first else {})
+        self.rollout_reasons = Counter(checkpoint.get("rollout_reasons", {}) if first else {})
+
+
+class OnlineDPOModule(CountsRollouts, DPOLitModule):
     """DPOLitModule trained on its own rollouts.
 
     Args:
@@ -96,21 +117,8 @@ class OnlineDPOModule(DPOLitModule):
             return None
         return super().validation_step(batch, batch_idx)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the run's rollout counts summed over ranks (every rank saves: the gathering is a collective)."""
-        super().on_save_checkpoint(checkpoint)
-        report = rollout_report(self)
-        checkpoint["rollout_counts"], checkpoint["rollout_reasons"] = report["counts"], report["reasons"]
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The saved totals go to rank 0 (the others start from zero), so that summing over ranks counts them once."""
-        super().on_load_checkpoint(checkpoint)
-        first = self.global_rank == 0
-        self.rollout_counts = Counter(checkpoint.get("rollout_counts", {}) if first else {})
-        self.rollout_reasons = Counter(checkpoint.get("rollout_reasons", {}) if first else {})
-
-
-def rollout_report(module: OnlineDPOModule) -> dict[str, dict[str, int]]:
+def rollout_report(module: CountsRollouts) -> dict[str, dict[str, int]]:
     """The run's rollout counts and failure reasons summed over every rank (a collective call), for summary.json."""
     totals: dict[str, Counter[str]] = {"counts": Counter(), "reasons": Counter()}
     for counts, reasons in all_ranks((dict(module.rollout_counts), dict(module.rollout_reasons))):

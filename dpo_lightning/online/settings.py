@@ -122,3 +122,80 @@ def iterative_settings(cfg: DictConfig) -> IterativeSettings:
     if not cfg.task.get("reward"):
         raise ConfigError("task.reward", "iterative DPO reports each round's true reward; this task has none")
     return iterative
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """The `algorithm=ppo` settings (`conf/algorithm/ppo.yaml`; `online/ppo.py`)."""
+
+    name: str = "ppo"
+    kl_coef: float = 0.05
+    adaptive_kl: bool = False
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    value_coef: float = 0.1
+    ppo_epochs: int = 4
+    mini_batch_size: int = 8
+    whiten_rewards: bool = False
+    whiten_advantages: bool = True
+    missing_eos_penalty: float | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    labeller: Any = None
+
+    def __post_init__(self) -> None:
+        for key, low in (("ppo_epochs", 1), ("mini_batch_size", 1), ("kl_horizon", 1)):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and value >= low):
+                raise ConfigError(f"algorithm.{key}", f"must be an integer ≥ {low}, got {value!r}")
+        for key in ("kl_coef", "value_coef"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"algorithm.{key}", f"must be ≥ 0, got {getattr(self, key)}")
+        for key in ("clip_range", "clip_range_value", "target_kl"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"algorithm.{key}", f"must be > 0, got {getattr(self, key)}")
+        if self.adaptive_kl and not self.kl_coef > 0:
+            raise ConfigError(
+                "algorithm.kl_coef",
+                f"must be > 0 with algorithm.adaptive_kl=true (the controller scales it), got {self.kl_coef}",
+            )
+        for key in ("gamma", "lam"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"algorithm.{key}", f"must be in [0, 1], got {getattr(self, key)}")
+
+    def rollout_sampling(self, tokenize: TokenizeSettings) -> SamplingSettings:
+        """The rollouts' SamplingSettings (`rollout_sampling`)."""
+        return rollout_sampling(self.sampling, tokenize)
+
+
+def ppo_settings(cfg: DictConfig) -> PPOSettings:
+    """The checked `algorithm` settings of a PPO run, and how they meet the rest of the config: a reference model
+    for the KL penalty (not `precomputed` or `none`), an absolute reward (a reward labeller: the task's reward for
+    PPO-GT, a reward model for PPO; judges give only relative scores), no sharded value head (`trainer=fsdp`)."""
+    ppo: PPOSettings = settings(PPOSettings, cfg.algorithm, "algorithm")
+    ppo.rollout_sampling(settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize"))
+    target = cfg.reference.get("_target_", "")
+    if target.endswith((".Precomputed", ".ReferenceFree")):
+        raise ConfigError(
+            "reference", "PPO's KL penalty needs log π_ref of its own samples: use reference=model, lora or sync"
+        )
+    _check_labeller(cfg)
+    if not str(cfg.algorithm.labeller.get("_target_", "")).endswith(".RewardLabeller"):
+        raise ConfigError(
+            "algorithm.labeller",
+            "PPO needs an absolute reward r(x, y): labeller@algorithm.labeller=reward (PPO-GT) or reward_model (PPO)",
+        )
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ConfigError(
+            "trainer.accumulate_grad_batches",
+            "algorithm=ppo steps its optimizer itself (algorithm.mini_batch_size responses a step): set it to 1",
+        )
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("FSDP2Strategy"):
+        raise ConfigError(
+            "trainer", "algorithm=ppo does not shard its value head: use trainer=default, cpu, gpu or ddp"
+        )
+    return ppo

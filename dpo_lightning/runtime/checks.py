@@ -12,10 +12,10 @@ from dpo_lightning.eval.sampling import ValidationSamples
 from dpo_lightning.instantiate import build, settings
 from dpo_lightning.models.loading import check_model_config
 from dpo_lightning.models.reference import ReferenceStrategy
-from dpo_lightning.online.settings import iterative_settings, online_settings
+from dpo_lightning.online.settings import iterative_settings, online_settings, ppo_settings
 from dpo_lightning.runtime.trainer import check_trainer_config
 
-ALGORITHMS = ("offline", "online", "iterative", "reward_model")  # the `algorithm` options
+ALGORITHMS = ("offline", "online", "iterative", "reward_model", "ppo")  # the `algorithm` options
 
 
 def _require(condition: bool, key: str, problem: str) -> None:
@@ -43,6 +43,8 @@ def validate_config(cfg: DictConfig) -> None:
         online_settings(cfg)
     if cfg.algorithm.name == "iterative":
         iterative_settings(cfg)
+    if cfg.algorithm.name == "ppo":
+        ppo_settings(cfg)
     if cfg.algorithm.name == "reward_model":
         _require(
             cfg.algorithm.center_coefficient >= 0,

@@ -3,6 +3,7 @@
 conf ──► validate_config ──► source ─► PreferenceDataModule ─► DPOLitModule ─► Trainer.fit
                                                                               └─► policy/, summary.json
            algorithm=online:            PromptDataModule    ─► OnlineDPOModule (rollouts + labeller)
+           algorithm=ppo:               PromptDataModule    ─► PPOModule (rollouts, reward, value head)
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from dpo_lightning.models.loading import check_loadable, load_tokenizer
 from dpo_lightning.models.reference import Precomputed
 from dpo_lightning.models.reference_cache import precompute_reference
 from dpo_lightning.models.sharding import full_state_dict
-from dpo_lightning.online.module import OnlineDPOModule, rollout_report
+from dpo_lightning.online.module import CountsRollouts, OnlineDPOModule, rollout_report
+from dpo_lightning.online.ppo import PPOModule
 from dpo_lightning.online.rollouts import Rollouts
-from dpo_lightning.online.settings import online_settings
+from dpo_lightning.online.settings import online_settings, ppo_settings
 from dpo_lightning.runtime.checks import check_rankings, validate_config
 from dpo_lightning.runtime.console import print_config_tree, progress_bar, save_resolved_config
 from dpo_lightning.runtime.export import export_policy, write_model_card
@@ -72,12 +74,11 @@ def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         seed=cfg.seed,
     )
     source = build(task.source, "task.source")
-    if cfg.algorithm.name == "online":
-        online = online_settings(cfg)
-        max_new_tokens = online.rollout_sampling(tokenize).max_new_tokens
-        return PromptDataModule(
-            source, tokenizer, max_new_tokens=max_new_tokens, max_prompts=online.max_prompts, **options
-        )
+    if cfg.algorithm.name in ("online", "ppo"):
+        on_policy = online_settings(cfg) if cfg.algorithm.name == "online" else ppo_settings(cfg)
+        max_new_tokens = on_policy.rollout_sampling(tokenize).max_new_tokens
+        max_prompts = getattr(on_policy, "max_prompts", None)
+        return PromptDataModule(source, tokenizer, max_new_tokens=max_new_tokens, max_prompts=max_prompts, **options)
     return PreferenceDataModule(source, tokenizer, **options)
 
 
@@ -99,12 +100,21 @@ def build_module(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, kl_referen
             center_coefficient=cfg.algorithm.center_coefficient,
             margin=cfg.algorithm.margin,
         )
+    tokenize = settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize")
+    if cfg.algorithm.name == "ppo":
+        ppo = ppo_settings(cfg)
+        labeller = build(cfg.algorithm.labeller, "algorithm.labeller")
+        collate = collate_function(cfg.data.layout, tokenizer.pad_token_id, cfg.data.packing_max_tokens)
+        return PPOModule(
+            settings=ppo, sampling=ppo.rollout_sampling(tokenize), labeller=labeller, tokenizer=tokenizer,
+            collate=collate, **trained,
+        )  # fmt: skip
     if cfg.algorithm.name != "online":
         return DPOLitModule(**trained)
     online = online_settings(cfg)
     rollouts = Rollouts(
         tokenizer,
-        online.rollout_sampling(settings(TokenizeSettings, cfg.task.tokenize, "task.tokenize")),
+        online.rollout_sampling(tokenize),
         online.samples_per_prompt,
         build(cfg.algorithm.labeller, "algorithm.labeller"),
         online.skip_bad_samples,
@@ -157,12 +167,11 @@ def _report(metrics: dict[str, Any], global_step: int, output_dir: Path) -> None
             metrics.get("val/reference_reward", float("nan")),
             metrics.get("val/kl", float("nan")),
         )
-    log.info(
-        "train/pairs_per_s %.1f · %s steps · run folder %s",
-        metrics.get("train/pairs_per_s", 0.0),
-        global_step,
-        output_dir,
-    )
+    if "train/kl_coef" in metrics:
+        log.info("PPO: train/reward %.3f · train/kl %.2f nats · train/kl_coef %.4f", metrics["train/reward"],
+                 metrics["train/kl"], metrics["train/kl_coef"])  # fmt: skip
+    rate = f"train/pairs_per_s {metrics['train/pairs_per_s']:.1f} · " if "train/pairs_per_s" in metrics else ""
+    log.info("%s%s steps · run folder %s", rate, global_step, output_dir)
 
 
 def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -201,7 +210,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str] | None = None
         trainer.validate(module, datamodule=datamodule, verbose=False)
         summary.add_metrics(train_metrics | dict(trainer.callback_metrics) | throughput.totals(trainer.world_size))
         summary.update(status="interrupted" if trainer.interrupted else "completed", data=datamodule.report())
-        if isinstance(module, OnlineDPOModule):  # every rank's sample counts, summed
+        if isinstance(module, CountsRollouts):  # every rank's sample counts, summed
             summary.update(rollouts=rollout_report(module))
         reward_model = isinstance(module, RewardModelModule)
         # trainer=fsdp: the policy's full state, gathered from the shards (on every rank)

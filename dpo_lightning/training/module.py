@@ -132,7 +132,7 @@ class DPOLitModule(L.LightningModule):
             self.policy = build_model(self.model_settings)
         check_supported(self.policy)
         self.policy = self.strategy.prepare_policy(self.policy)
-        if self.objective.needs_reference:
+        if self.needs_reference:
             self.reference = self.strategy.reference(self.policy)
         if self.hparams.kl_reference and not self._holds_reference_model():
             self.kl_reference = self.strategy.evaluation_reference(self.policy)
@@ -146,6 +146,11 @@ class DPOLitModule(L.LightningModule):
                     shard_causal_lm(reference.model, mesh, block_class)
 
     _prepared = False
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether training uses π_ref (the objective's say; a subclass may need it for its own reasons)."""
+        return self.objective.needs_reference
 
     def _holds_reference_model(self) -> bool:
         if self.reference is None:

@@ -37,7 +37,9 @@ class Throughput(L.Callback):
     ) -> None:
         seconds = time.perf_counter() - self._start
         batch = getattr(pl_module, "trained_batch", None) or batch  # what the model trained on (on-policy: rollouts)
-        if batch.placeholder:  # no data on this rank (end of a stream): not throughput
+        if (
+            not isinstance(batch, Batch) or batch.placeholder
+        ):  # no pairs (PPO), or no data on this rank  # no data on this rank (end of a stream): not throughput
             return
         pairs, rankings = batch.pair_index.shape[1], batch.num_pairs if batch.ranked else 0
         self.steps.append((pairs, rankings, batch.num_tokens, seconds))

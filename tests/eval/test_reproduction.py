@@ -92,3 +92,17 @@ def test_the_on_policy_experiment_runs_end_to_end_quick(tmp_path):
     record = json.loads((tmp_path / "experiment.json").read_text())
     assert 0 <= record["reward_model"]["held_out_accuracy"] <= 1
     assert (tmp_path / "experiment.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # ~5 minutes: SFT, pairs, a reward model, 19 short runs, Best-of-N twice, win rates
+def test_the_figure2_reproduction_runs_end_to_end_quick(tmp_path):
+    """scripts/figure2.py --quick: every series of docs/evaluation.md's Figure 2 trains and is scored."""
+    command = [sys.executable, str(ROOT / "scripts" / "figure2.py"), "--quick", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, env=offline_env(), capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    series = {row["series"] for row in csv.DictReader((tmp_path / "figure2.csv").open())}
+    assert {"SFT", "DPO", "PPO-GT", "PPO", "Preferred-FT", "Unlikelihood", "Best-of-N (reward model)",
+            "Best-of-N (VADER)"} == series  # fmt: skip
+    record = json.loads((tmp_path / "figure2.json").read_text())
+    assert set(record["win_rates_vs_sft"]) == {"DPO", "PPO-GT", "PPO", "Preferred-FT", "Unlikelihood"}
+    assert all(0 <= rate["win_rate"] <= 1 for rate in record["win_rates_vs_sft"].values())

@@ -537,3 +537,22 @@ def test_online_dpo_under_data_parallelism_samples_each_ranks_share_of_the_promp
     counts = summary["rollouts"]["counts"]
     assert counts["prompts"] == 3 * 8 and counts["samples"] == 3 * 8 * 2  # 3 steps × 8 prompts over 2 ranks
     assert summary["metrics"]["train/rollout/tokens_per_s"] > 0 and "val/kl" in summary["metrics"]
+
+
+def test_ppo_under_ddp_samples_each_ranks_share_and_steps_together(tmp_path):
+    """Two processes: each rolls out its half of every rollout's 8 prompts (4, one minibatch of 4 per epoch, two
+    epochs: 2 optimizer steps a rollout), the counts of both ranks add up in summary.json, and the rollouts' reward,
+    KL and value loss are logged (Lightning's DDP strategy syncs each `manual_backward` of the minibatches)."""
+    ppo = ["algorithm=ppo", "algorithm.mini_batch_size=4", "algorithm.ppo_epochs=2",
+           "algorithm.sampling.max_new_tokens=8", "samples.num_prompts=4", "samples.max_new_tokens=8",
+           "task.source.num_train_pairs=64", "task.source.num_val_pairs=16", "data.batch_size=8",
+           "trainer.max_steps=6", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]  # fmt: skip
+    summary = _completed(train(*ppo, run_dir=tmp_path), tmp_path, 6)
+    counts = summary["rollouts"]["counts"]
+    assert counts["prompts"] == counts["samples"] == 3 * 8  # 3 rollouts × 8 prompts over 2 ranks
+    metrics = summary["metrics"]
+    assert all(
+        isinstance(metrics[name], float) and metrics[name] == metrics[name]  # present, not NaN
+        for name in ("train/reward", "train/kl", "train/kl_coef", "train/value_loss", "val/reward", "val/kl")
+    )
+    assert metrics["train/rollout/tokens_per_s"] > 0

@@ -300,3 +300,38 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     last = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")
     assert last["global_step"] == summary["global_step"]  # saved after the last good step, not after the bad one
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+
+
+# PPO steps the optimizer itself (manual optimization; accumulate_grad_batches > 1 is refused in one line): RUN's two
+# micro-batches a step become one rollout of 8 prompts a Lightning step, 2 minibatches of 4 = 2 optimizer steps.
+PPO = ["algorithm=ppo", "algorithm.mini_batch_size=4", "algorithm.ppo_epochs=1", "algorithm.sampling.max_new_tokens=8",
+       "trainer.accumulate_grad_batches=1", "trainer.max_steps=8"]  # fmt: skip
+
+
+def test_a_ppo_run_killed_and_resumed_ends_bitwise_equal(tmp_path):
+    """Rollouts are drawn again after a resume (the sampling seed and the minibatch order follow the restored
+    rollout count): the same weights, value head and KL controller as the uninterrupted run, and the same counts.
+    Checkpoints come after whole rollouts only, at optimizer steps 2, 4, 6 and 8: killed once step 4's or 6's is
+    written (a last.ckpt exists then, of that step or the one before; after the first alone there may be none)."""
+    (tmp_path / "whole").mkdir()
+    whole = _uninterrupted(tmp_path / "whole", *PPO)
+    step = random.choice([4, 6])
+    folder = _interrupt_at(tmp_path, step, signal.SIGKILL, *PPO)
+    assert not (folder / "summary.json").exists(), f"step {step}"
+    killed_at = load_checkpoint_file(folder / "checkpoints" / "last.ckpt")["ppo"]["rollouts_done"]
+    assert killed_at in (step // 2, step // 2 - 1), f"step {step}"  # the rollouts of last.ckpt: `step`'s or before
+    output = _finish(_start(tmp_path, *PPO, "resume=auto"))
+    assert f"continuing from {folder / 'checkpoints' / 'last.ckpt'}" in output, f"step {step}"
+    resumed = _weights(folder)
+    assert all(torch.equal(resumed[name], whole[name]) for name in whole), f"differs after resuming from step {step}"
+    (whole_folder,) = (tmp_path / "whole").glob("outputs/*/*")
+    summaries = read_summary(folder), read_summary(whole_folder)
+    assert summaries[0]["status"] == "completed" and summaries[0]["global_step"] == 8
+    assert summaries[0]["rollouts"] == summaries[1]["rollouts"]
+    assert summaries[0]["rollouts"]["counts"]["prompts"] == 4 * 8
+    for name in ("train/kl_coef", "train/kl", "train/reward", "train/value_loss"):  # the last rollout's, equal
+        assert summaries[0]["metrics"][name] == summaries[1]["metrics"][name], name
+    finals = [load_checkpoint_file(run / "checkpoints" / "last.ckpt") for run in (folder, whole_folder)]
+    assert finals[0]["ppo"] == finals[1]["ppo"] and finals[0]["ppo"]["rollouts_done"] == 4
+    for name in ("value_head.weight", "value_head.bias"):
+        assert torch.equal(finals[0]["state_dict"][name], finals[1]["state_dict"][name]), name
