@@ -88,7 +88,7 @@ class PromptTokenizer:
                 f"max_prompt_length = {settings.max_length} − {settings.max_prompt_length} = {budget}",
             )
         self.pair_tokenizer = PairTokenizer(tokenizer, settings)
-        self.settings, self.max_new_tokens = settings, max_new_tokens
+        self.max_new_tokens = max_new_tokens
 
     def __call__(self, prompts: list[str]) -> list[tuple[list[int], bool]]:
         limits = self.pair_tokenizer.limits
